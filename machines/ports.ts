@@ -1,0 +1,176 @@
+/**
+ * The ports: everything the bottle machine needs from the world, declared here and
+ * implemented in effects/ (Docker through dockerode, files, clock, ids) or by the
+ * in-memory fakes the tests use. Nothing in machines/ imports effects/.
+ *
+ * Methods are small, keyed by names the caller chose, idempotent (`ensure*` looks up
+ * by name/label before creating and adopts what it finds; `remove*` treats "not
+ * found" as success), and take an AbortSignal.
+ */
+
+/** Roles carried in the `bot-bottle.role` label. */
+export type Role = 'agent' | 'egress' | 'cred-proxy' | 'git-gate' | 'supervise' | 'network' | 'volume';
+
+export const LABEL = {
+  identity: 'bot-bottle.identity',
+  run: 'bot-bottle.run',
+  role: 'bot-bottle.role',
+  version: 'bot-bottle.version',
+} as const;
+
+export type Labels = Record<string, string>;
+
+export interface NetworkSpec {
+  name: string;
+  /** internal: true means no gateway, no route out of the network. */
+  internal: boolean;
+  labels: Labels;
+}
+
+export interface VolumeSpec {
+  name: string;
+  labels: Labels;
+}
+
+export interface Mount {
+  type: 'volume' | 'bind';
+  source: string;
+  target: string;
+  readOnly: boolean;
+}
+
+export type Readiness =
+  | { kind: 'tcp'; port: number }
+  | { kind: 'http'; port: number; path: string }
+  | { kind: 'log'; pattern: string }
+  | { kind: 'running' };
+
+export interface ContainerSpec {
+  name: string;
+  image: string;
+  role: Role;
+  labels: Labels;
+  /** Networks to join, with the DNS aliases the container answers to on each. First is primary. */
+  networks: { name: string; aliases: string[] }[];
+  /**
+   * Environment as NAME=VALUE through the Docker API (never argv, never a file).
+   * Forwarded host values arrive here only inside the adapter call, never in the log.
+   */
+  env: Record<string, string>;
+  /** A staged env-file (mode 0600) of literal values, read by the adapter. */
+  envFile?: string;
+  cmd?: string[];
+  entrypoint?: string[];
+  user?: string;
+  workingDir?: string;
+  runtime?: 'runsc' | 'runc';
+  mounts: Mount[];
+  /** Files copied into the container before it starts (prompt, sidecar config), by host path. */
+  copyIn?: { hostPath: string; containerPath: string; mode: number }[];
+  tty: boolean;
+  openStdin: boolean;
+  /** Drop every capability, no-new-privileges, pids and memory limits. Always set for the agent. */
+  hardened: boolean;
+  pidsLimit?: number;
+  memoryBytes?: number;
+  /** Extra /etc/hosts lines (tests give a sidecar a hosts entry). */
+  extraHosts?: string[];
+}
+
+export interface ContainerInfo {
+  id: string;
+  name: string;
+  image: string;
+  state: 'created' | 'running' | 'exited' | 'dead' | 'paused' | 'restarting' | 'removing';
+  labels: Labels;
+  runtime?: string;
+}
+
+export interface LabelledObject {
+  kind: 'container' | 'network' | 'volume';
+  name: string;
+  id: string;
+  labels: Labels;
+}
+
+export interface RuntimeInfo {
+  /** Runtimes the daemon lists (`docker info`), e.g. ["io.containerd.runc.v2", "runc", "runsc"]. */
+  runtimes: string[];
+  serverVersion: string;
+}
+
+/** Standard streams of an attached agent. */
+export interface AgentIO {
+  stdin?: NodeJS.ReadableStream;
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+  /** When set, the container has a TTY; the adapter resizes it on changes. */
+  tty?: { columns: number; rows: number; onResize(cb: (size: { columns: number; rows: number }) => void): () => void };
+}
+
+export interface ContainerRuntime {
+  info(signal?: AbortSignal): Promise<RuntimeInfo>;
+  /** Names of existing containers among `names` (for planning: free names, pinned names). */
+  existingContainers(names: string[], signal?: AbortSignal): Promise<string[]>;
+  /** Every container, network and volume carrying all of `labels`. */
+  listLabelled(labels: Labels, signal?: AbortSignal): Promise<LabelledObject[]>;
+  ensureNetwork(spec: NetworkSpec, signal?: AbortSignal): Promise<{ id: string; created: boolean }>;
+  ensureVolume(spec: VolumeSpec, signal?: AbortSignal): Promise<{ created: boolean }>;
+  /** Creates the container, or adopts an existing one of that name carrying the same run label. */
+  ensureContainer(spec: ContainerSpec, signal?: AbortSignal): Promise<{ id: string; created: boolean }>;
+  /** Starts it; already running is success. */
+  startContainer(name: string, signal?: AbortSignal): Promise<void>;
+  /** Resolves once the container is ready per `readiness`, rejects with SIDECAR_UNHEALTHY past the deadline. */
+  waitReady(name: string, readiness: Readiness, deadlineMs: number, signal?: AbortSignal): Promise<void>;
+  inspectContainer(name: string, signal?: AbortSignal): Promise<ContainerInfo | null>;
+  /**
+   * Attaches (when io is given) and waits for the container to exit; returns its exit code.
+   * Output is also appended to `logFile` when given. Safe to call again after a crash: it re-attaches.
+   */
+  waitExit(name: string, opts: { io?: AgentIO; logFile?: string }, signal?: AbortSignal): Promise<{ exitCode: number }>;
+  stopContainer(name: string, timeoutSec: number, signal?: AbortSignal): Promise<void>;
+  removeContainer(name: string, signal?: AbortSignal): Promise<void>;
+  removeNetwork(name: string, signal?: AbortSignal): Promise<void>;
+  removeVolume(name: string, signal?: AbortSignal): Promise<void>;
+}
+
+export interface ImageSpec {
+  /** Tag to produce. Content-hash tags make "already built" a lookup. */
+  tag: string;
+  /** Build context directory on the host, or inline files. */
+  context: { dir: string; ignore?: string[] } | { files: Record<string, string | Buffer> };
+  dockerfile: string;
+  buildArgs?: Record<string, string>;
+  labels?: Labels;
+}
+
+export interface BuildProgress {
+  (line: string): void;
+}
+
+export interface ImageBuilder {
+  imageExists(tag: string, signal?: AbortSignal): Promise<boolean>;
+  /** Builds when the tag is missing; `built` says whether work was done. */
+  ensureImage(spec: ImageSpec, progress: BuildProgress, signal?: AbortSignal): Promise<{ tag: string; built: boolean }>;
+}
+
+/** Files staged on the host for one run (env-file, prompt-file, sidecar config), mode 0600. */
+export interface Stager {
+  /** Writes each file (temp name + rename), mode 0600 unless given, in `dir` (created 0700). */
+  stage(dir: string, files: { name: string; content: string | Buffer; mode?: number }[]): Promise<string[]>;
+  removeDir(dir: string): Promise<void>;
+}
+
+export interface Clock {
+  now(): number;
+}
+
+export interface Ids {
+  runId(): string;
+  commandId(): string;
+}
+
+/** Reads host values that must never enter the log: forwarded env and secret refs. */
+export interface HostEnv {
+  get(name: string): string | undefined;
+}
