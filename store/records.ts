@@ -15,7 +15,8 @@ import { z } from 'zod';
  */
 const base = { seq: z.number().int().positive(), at: z.number() };
 
-export const ErrorDataSchema = z.object({ code: z.string(), message: z.string(), hint: z.string().optional() });
+// Loose: a step's error may carry what it created before failing (teardown needs it on resume).
+export const ErrorDataSchema = z.looseObject({ code: z.string(), message: z.string(), hint: z.string().optional() });
 
 export const RecordSchema = z.discriminatedUnion('kind', [
   z.object({ ...base, kind: z.literal('run.started'), runId: z.string(), identity: z.string(), machineVersion: z.string(), input: z.unknown() }),

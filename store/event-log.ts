@@ -1,0 +1,124 @@
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { LowSync } from 'lowdb';
+import { JsonlAppendAdapter, logCorrupt } from './jsonl-adapter.js';
+import { type LogRecord, type NewRecord, RecordSchema } from './records.js';
+
+export interface EventLogOptions {
+  clock: { now(): number };
+}
+
+type Of<K extends LogRecord['kind']> = Extract<LogRecord, { kind: K }>;
+export type IntentRecord = Of<'effect.intent'>;
+export type CompletedRecord = Of<'effect.completed'>;
+export type FailedRecord = Of<'effect.failed'>;
+
+/** Every line is a record (the adapter rejects anything else), so record i sits on line i + 1. */
+function checkGapless(file: string, records: readonly LogRecord[]): void {
+  records.forEach((rec, i) => {
+    if (rec.seq !== i + 1) throw logCorrupt(file, i + 1, `seq ${rec.seq} where ${i + 1} was expected`);
+  });
+}
+
+/**
+ * A run's append-only log (runs/<runId>/events.jsonl). Only the run's lock holder opens it
+ * for writing; everyone else uses EventLog.read. Appends are synchronous and durable when
+ * they return, because the engine appends from inside xstate's synchronous inspection
+ * callback, before the event is processed.
+ */
+export class EventLog {
+  readonly file: string;
+  readonly #db: LowSync<LogRecord[]>;
+  readonly #clock: { now(): number };
+
+  private constructor(file: string, db: LowSync<LogRecord[]>, clock: { now(): number }) {
+    this.file = file;
+    this.#db = db;
+    this.#clock = clock;
+  }
+
+  /** Opens (creating the run directory if needed) and reads the whole log. */
+  static open(file: string, opts: EventLogOptions): EventLog {
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    // Constructed explicitly: lowdb's node presets swap in a memory adapter under NODE_ENV=test.
+    const db = new LowSync<LogRecord[]>(new JsonlAppendAdapter(file, RecordSchema), []);
+    db.read();
+    checkGapless(file, db.data);
+    return new EventLog(file, db, opts.clock);
+  }
+
+  /** Every record of the log at `file` (none when it does not exist), for readers that never write. */
+  static read(file: string): readonly LogRecord[] {
+    const records = new JsonlAppendAdapter(file, RecordSchema).read() ?? [];
+    checkGapless(file, records);
+    return records;
+  }
+
+  records(): readonly LogRecord[] {
+    return this.#db.data;
+  }
+
+  get lastSeq(): number {
+    return this.#db.data.length;
+  }
+
+  /** Gives the record the next seq and the clock's time, and returns once it is on disk. */
+  append(rec: NewRecord): LogRecord {
+    // seq and at first for people reading the file, and last so nothing in rec can override them.
+    const full = Object.assign({ seq: 0, at: 0 }, rec, { seq: this.lastSeq + 1, at: this.#clock.now() }) as LogRecord;
+    this.#db.data.push(full);
+    try {
+      this.#db.write();
+    } catch (err) {
+      // Not on disk: keep memory equal to the file so the next append reuses this seq.
+      this.#db.data.pop();
+      throw err;
+    }
+    return full;
+  }
+}
+
+/** The effect journal key: stable across restarts, never a position. */
+export function effectKey(runId: string, step: string, attempt: number): string {
+  return `${runId}:${step}:${attempt}`;
+}
+
+export interface JournalEntry {
+  intent?: IntentRecord;
+  completed?: CompletedRecord;
+  failed?: FailedRecord;
+}
+
+/** What the journal holds for `key`: an intent alone means the effect may or may not have happened. */
+export function journalLookup(records: readonly LogRecord[], key: string): JournalEntry {
+  const entry: JournalEntry = {};
+  for (const r of records) {
+    if (!('key' in r) || r.key !== key) continue;
+    if (r.kind === 'effect.intent') entry.intent = r;
+    else if (r.kind === 'effect.completed') entry.completed = r;
+    else if (r.kind === 'effect.failed') entry.failed = r;
+  }
+  return entry;
+}
+
+/**
+ * The attempt number for the next run of `step`: 1 + the attempts that reached an outcome.
+ * An intent whose process died before its outcome is not counted, so the retry reuses its
+ * key and the adapter reconciles with whatever that attempt left behind.
+ */
+export function nextAttempt(records: readonly LogRecord[], step: string): number {
+  const keys = new Set<string>();
+  for (const r of records) if (r.kind === 'effect.intent' && r.step === step) keys.add(r.key);
+  const finished = new Set<string>();
+  for (const r of records) {
+    if ((r.kind === 'effect.completed' || r.kind === 'effect.failed') && keys.has(r.key)) finished.add(r.key);
+  }
+  return finished.size + 1;
+}
+
+/** Intents with no outcome: at most one is legitimate (the last effect before a crash). */
+export function openIntents(records: readonly LogRecord[]): IntentRecord[] {
+  const done = new Set<string>();
+  for (const r of records) if (r.kind === 'effect.completed' || r.kind === 'effect.failed') done.add(r.key);
+  return records.filter((r): r is IntentRecord => r.kind === 'effect.intent' && !done.has(r.key));
+}

@@ -1,0 +1,151 @@
+import { type FSWatcher, mkdirSync, readdirSync, readFileSync, renameSync, watch } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { BottleError } from '../config/errors.js';
+import { errno, unlinkIfPresent, writeFileAtomicSync } from './fs-util.js';
+
+/**
+ * A run's mailbox (runs/<runId>/commands/): how `bottle approve|deny|stop` reach the process
+ * that owns the run. One file per command, `<time>-<id>.json`, published by rename so the
+ * owner never reads half a command. The owner appends a command to the log and only then
+ * acks (deletes) it; a crash in between shows the command again, so the owner skips ids the
+ * log already holds.
+ */
+
+const ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** Zero-padded so that name order is time order. */
+const NAME = /^(\d{15})-([A-Za-z0-9_-]{1,64})\.json$/;
+const QUARANTINED = '.malformed';
+
+export const MailboxCommandSchema = z.looseObject({ id: z.string().regex(ID), type: z.string().min(1) });
+export type MailboxCommand = z.infer<typeof MailboxCommandSchema>;
+
+export interface MalformedCommand {
+  /** File name inside the mailbox, for quarantineCommand. */
+  name: string;
+  reason: string;
+}
+
+export interface PendingCommands {
+  commands: MailboxCommand[];
+  /** Files that are not commands: reported so the owner can log and quarantine them. */
+  malformed: MalformedCommand[];
+}
+
+/** Publishes `cmd` in the mailbox `dir` and returns its path. */
+export function postCommand(dir: string, cmd: MailboxCommand, opts: { now?: number } = {}): string {
+  if (!ID.test(cmd.id)) {
+    throw new BottleError('INTERNAL', `command id ${JSON.stringify(cmd.id)} is not usable in a file name (letters, digits, _ and - only)`);
+  }
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const time = String(opts.now ?? Date.now()).padStart(15, '0');
+  const path = join(dir, `${time}-${cmd.id}.json`);
+  writeFileAtomicSync(path, `${JSON.stringify(cmd)}\n`);
+  return path;
+}
+
+/** Temp files (dot-prefixed) are someone's post in progress; quarantined files were reported already. */
+function entries(dir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return [];
+    throw err;
+  }
+  return names.filter((n) => !n.startsWith('.') && !n.endsWith(QUARANTINED)).sort();
+}
+
+function parseCommand(dir: string, name: string, id: string): MailboxCommand | string {
+  const text = readFileSync(join(dir, name), 'utf8');
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return `not JSON (${(err as Error).message})`;
+  }
+  const result = MailboxCommandSchema.safeParse(value);
+  if (!result.success) return z.prettifyError(result.error).replaceAll('\n', ' ');
+  if (result.data.id !== id) return `its id ${JSON.stringify(result.data.id)} does not match the file name`;
+  return result.data;
+}
+
+/** Commands waiting in `dir`, oldest first. */
+export function pendingCommands(dir: string): PendingCommands {
+  const out: PendingCommands = { commands: [], malformed: [] };
+  for (const name of entries(dir)) {
+    const m = NAME.exec(name);
+    if (!m) {
+      out.malformed.push({ name, reason: 'not a command file name (<time>-<id>.json)' });
+      continue;
+    }
+    let parsed: MailboxCommand | string;
+    try {
+      parsed = parseCommand(dir, name, m[2] as string);
+    } catch (err) {
+      // Acked by a concurrent drain between listing and reading: nothing pending there any more.
+      if (errno(err) === 'ENOENT') continue;
+      throw err;
+    }
+    if (typeof parsed === 'string') out.malformed.push({ name, reason: parsed });
+    else out.commands.push(parsed);
+  }
+  return out;
+}
+
+/** Removes command `id` once the owner has recorded it; acking twice is harmless. */
+export function ackCommand(dir: string, id: string): void {
+  for (const name of entries(dir)) {
+    if (NAME.exec(name)?.[2] === id) unlinkIfPresent(join(dir, name));
+  }
+}
+
+/** Moves a malformed file aside (kept for inspection, no longer reported); returns its new path. */
+export function quarantineCommand(dir: string, name: string): string {
+  const to = join(dir, `${name}${QUARANTINED}`);
+  renameSync(join(dir, name), to);
+  return to;
+}
+
+/**
+ * Calls `onChange` whenever the set of files waiting in `dir` changes and is not empty,
+ * including once at start when commands are already waiting. fs.watch gives the latency;
+ * the poll covers what it misses (network filesystems, inotify limits, a watcher error).
+ * Returns stop(). Timers are unref'd: watching alone does not keep the process alive.
+ */
+export function watchMailbox(dir: string, onChange: () => void, opts: { pollMs?: number } = {}): () => void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  let stopped = false;
+  let seen = '';
+  const check = (): void => {
+    if (stopped) return;
+    const names = entries(dir);
+    const key = names.join('\n');
+    if (key === seen) return;
+    seen = key;
+    if (names.length > 0) onChange();
+  };
+
+  let watcher: FSWatcher | undefined;
+  try {
+    watcher = watch(dir, { persistent: false }, check);
+    watcher.on('error', () => {
+      // The poll below keeps the mailbox served.
+      watcher?.close();
+      watcher = undefined;
+    });
+  } catch (err) {
+    // inotify watch limit reached: poll only.
+    if (errno(err) !== 'ENOSPC' && errno(err) !== 'EMFILE') throw err;
+    watcher = undefined;
+  }
+  const timer = setInterval(check, opts.pollMs ?? 250);
+  timer.unref();
+  setImmediate(check);
+
+  return () => {
+    stopped = true;
+    clearInterval(timer);
+    watcher?.close();
+  };
+}
