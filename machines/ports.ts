@@ -66,7 +66,7 @@ export interface ContainerSpec {
   runtime?: 'runsc' | 'runc';
   mounts: Mount[];
   /** Files copied into the container before it starts (prompt, sidecar config), by host path. */
-  copyIn?: { hostPath: string; containerPath: string; mode: number }[];
+  copyIn?: { hostPath: string; containerPath: string; mode: number; uid?: number; gid?: number }[];
   tty: boolean;
   openStdin: boolean;
   /** Drop every capability, no-new-privileges, pids and memory limits. Always set for the agent. */
@@ -144,9 +144,7 @@ export interface ImageSpec {
   labels?: Labels;
 }
 
-export interface BuildProgress {
-  (line: string): void;
-}
+export type BuildProgress = (line: string) => void
 
 export interface ImageBuilder {
   imageExists(tag: string, signal?: AbortSignal): Promise<boolean>;
@@ -173,4 +171,38 @@ export interface Ids {
 /** Reads host values that must never enter the log: forwarded env and secret refs. */
 export interface HostEnv {
   get(name: string): string | undefined;
+}
+
+/** Makes the images a plan needs exist (content-tagged builds; nothing rebuilt when unchanged). */
+export interface ImageProvider {
+  ensureForPlan(plan: import('./plan.js').BottlePlan, progress: BuildProgress, signal?: AbortSignal): Promise<{ built: string[] }>;
+}
+
+/** Host files the steps read (prompt files, the per-bottle Dockerfile). */
+export interface HostFiles {
+  exists(path: string): Promise<boolean>;
+  readText(path: string): Promise<string>;
+}
+
+/** Which runs of a bottle have a live owner (orphan probing and cleanup never touch those). */
+export interface RunRegistry {
+  liveRuns(identity: string): Promise<string[]>;
+}
+
+/** Where per-bottle and per-run files live on the host (store layout). */
+export interface BottlePaths {
+  stageDir(identity: string, runId: string): string;
+  agentLog(identity: string, runId: string): string;
+  perBottleDockerfile(identity: string): string;
+  queueDir(identity: string): string;
+  auditDir(identity: string): string;
+}
+
+/** Applies an approved capability change to a running bottle. */
+export interface CapabilityApplier {
+  apply(
+    plan: import('./plan.js').BottlePlan,
+    proposal: import('./bottle.machine.js').Proposal,
+    signal?: AbortSignal,
+  ): Promise<void>;
 }

@@ -15,8 +15,13 @@ import { z } from 'zod';
  */
 const base = { seq: z.number().int().positive(), at: z.number() };
 
-// Loose: a step's error may carry what it created before failing (teardown needs it on resume).
-export const ErrorDataSchema = z.looseObject({ code: z.string(), message: z.string(), hint: z.string().optional() });
+/** `created`: what a failed step made before failing (teardown needs it after a resume). */
+export const ErrorDataSchema = z.object({
+  code: z.string(),
+  message: z.string(),
+  hint: z.string().optional(),
+  created: z.array(z.object({ kind: z.string(), name: z.string(), role: z.string().optional() })).optional(),
+});
 
 export const RecordSchema = z.discriminatedUnion('kind', [
   z.object({ ...base, kind: z.literal('run.started'), runId: z.string(), identity: z.string(), machineVersion: z.string(), input: z.unknown() }),

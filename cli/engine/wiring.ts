@@ -1,0 +1,110 @@
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { BottleError } from '../../config/errors.js';
+import { FakeCapabilities, FakeImages } from '../../effects/fakes.js';
+import { FakeRuntime, type FakeFailure } from '../../effects/fake-runtime.js';
+import { FsStager, NodeHostFiles, ProcessHostEnv, SystemClock } from '../../effects/local.js';
+import type { AgentIO, BottlePaths, BuildProgress, CapabilityApplier, ContainerRuntime, ImageProvider, RunRegistry } from '../../machines/ports.js';
+import type { StepDeps } from '../../machines/steps.js';
+import { readLockOwner } from '../../store/lock.js';
+import { auditDir, bottleHome, lockFile, logsFile, perBottleDockerfile, queueDir, runDir } from '../../store/paths.js';
+import { listRuns } from '../../store/state-doc.js';
+import type { FaultPoint } from './runner.js';
+
+/** What every command knows about where it runs; the only reader of process.env besides cli/main.ts. */
+export interface CliContext {
+  env: Record<string, string | undefined>;
+  cwd: string;
+  homeDir: string;
+  home: string;
+}
+
+export function cliContext(env: Record<string, string | undefined> = process.env): CliContext {
+  const homeDir = env.HOME ?? homedir();
+  return { env, cwd: process.cwd(), homeDir, home: bottleHome(env, homeDir) };
+}
+
+export interface Backend {
+  kind: 'docker' | 'fake';
+  runtime: ContainerRuntime;
+  images: ImageProvider;
+  capabilities: CapabilityApplier;
+  /** Content tags of the built-in agent and sidecar images. */
+  imageTags(): Promise<{ agent: string; sidecar: string }>;
+}
+
+/**
+ * BOTTLE_BACKEND=fake selects the file-backed fake world (tests, and trying the engine
+ * without Docker); anything else is Docker.
+ */
+export async function openBackend(ctx: CliContext): Promise<Backend> {
+  if (ctx.env.BOTTLE_BACKEND === 'fake') return fakeBackend(ctx);
+  const { dockerBackend } = await import('./docker-backend.js');
+  return dockerBackend(ctx);
+}
+
+function fakeBackend(ctx: CliContext): Backend {
+  const world = ctx.env.BOTTLE_FAKE_WORLD ?? join(ctx.home, 'fake-world.json');
+  const fail: FakeFailure[] = (ctx.env.BOTTLE_FAKE_FAIL ?? '')
+    .split(',')
+    .filter(Boolean)
+    .map((spec) => {
+      const [op, name] = spec.split(':');
+      return name ? { op: op!, name } : { op: op! };
+    });
+  const runtimes = (ctx.env.BOTTLE_FAKE_RUNTIMES ?? 'runc').split(',');
+  const counts = `${world}.counts`;
+  return {
+    kind: 'fake',
+    runtime: new FakeRuntime(world, { runtimes, fail }),
+    images: new FakeImages(counts, fail.some((f) => f.op === 'ensureImages')),
+    capabilities: new FakeCapabilities(counts, (ctx.env.BOTTLE_FAKE_APPLY_FAIL ?? '').split(',').filter(Boolean)),
+    imageTags: async () => ({ agent: 'bot-bottle/agent:fake', sidecar: 'bot-bottle/sidecar:fake' }),
+  };
+}
+
+export function storePaths(home: string): BottlePaths {
+  return {
+    stageDir: (identity, runId) => join(runDir(home, identity, runId), 'stage'),
+    agentLog: (identity, runId) => logsFile(home, identity, runId),
+    perBottleDockerfile: (identity) => perBottleDockerfile(home, identity),
+    queueDir: (identity) => queueDir(home, identity),
+    auditDir: (identity) => auditDir(home, identity),
+  };
+}
+
+/** A run is live while its lock's owner process is alive. */
+export class StoreRunRegistry implements RunRegistry {
+  constructor(private readonly home: string) {}
+  async liveRuns(identity: string): Promise<string[]> {
+    return listRuns(this.home, identity).filter((runId) => readLockOwner(lockFile(this.home, identity, runId))?.alive === true);
+  }
+}
+
+export function stepDeps(ctx: CliContext, backend: Backend, opts: { io?: AgentIO; progress: BuildProgress }): StepDeps {
+  return {
+    runtime: backend.runtime,
+    images: backend.images,
+    stager: new FsStager(),
+    files: new NodeHostFiles(),
+    hostEnv: new ProcessHostEnv(ctx.env),
+    runs: new StoreRunRegistry(ctx.home),
+    paths: storePaths(ctx.home),
+    capabilities: backend.capabilities,
+    progress: opts.progress,
+    ...(opts.io ? { io: opts.io } : {}),
+  };
+}
+
+export const clock = new SystemClock();
+
+/** BOTTLE_FAULT=intent:STEP[:ATTEMPT] or completed:STEP[:ATTEMPT]: the fault tests' kill switch. */
+export function faultFromEnv(env: Record<string, string | undefined>): FaultPoint | undefined {
+  const spec = env.BOTTLE_FAULT;
+  if (!spec) return undefined;
+  const [when, step, attempt] = spec.split(':');
+  if ((when !== 'intent' && when !== 'completed') || !step) {
+    throw new BottleError('USAGE', `BOTTLE_FAULT must be intent:STEP[:ATTEMPT] or completed:STEP[:ATTEMPT], got '${spec}'`);
+  }
+  return { when, step, ...(attempt ? { attempt: Number(attempt) } : {}) };
+}

@@ -1,0 +1,459 @@
+import { assign, fromPromise, setup } from 'xstate';
+import type { ErrorData } from '../config/errors.js';
+import type { Manifest } from '../config/manifest.js';
+import { containerNamesToProbe, buildPlan, type BottlePlan, type PlanInput } from './plan.js';
+import type { LabelledObject } from './ports.js';
+
+/**
+ * The bottle machine. Pure: guards and assigns read only context and event payloads
+ * (time and ids arrive in payloads), every side effect is an invoked actor with an
+ * explicit id whose implementation the engine provides (machine.provide) from
+ * machines/steps.ts. Replay folds the recorded events through this definition with
+ * xstate's pure transition() and runs nothing.
+ *
+ *   resolving -> probingOrphans -> preparingSidecars -> live{running <-> capabilityReview}
+ *     -> teardown -> done | failed
+ *
+ * Any failure goes to teardown, which removes what `created` lists, in reverse, and
+ * then ends in failed with the cause.
+ */
+
+export const MACHINE_VERSION = 'bottle@1';
+
+export interface BottleInput {
+  runId: string;
+  identity: string;
+  manifest: Manifest;
+  manifestDir: string;
+  agent: string;
+  cwd: string | null;
+  overrides: PlanInput['overrides'];
+  images: PlanInput['images'];
+}
+
+export type ResourceKind = 'stage' | 'network' | 'volume' | 'container';
+export interface CreatedResource {
+  kind: ResourceKind;
+  name: string;
+  role?: string;
+}
+
+export type ProposalKind = 'dockerfile' | 'allowlist' | 'route';
+export type ProposalStatus = 'pending' | 'applying' | 'approved' | 'denied' | 'failed';
+export interface Proposal {
+  id: string;
+  kind: ProposalKind;
+  reason: string;
+  /** The change itself, as the supervise sidecar validated it. */
+  change: Record<string, unknown>;
+  status: ProposalStatus;
+  receivedAt: number;
+  decidedAt?: number;
+  decision?: { by: string; reason?: string; secretRef?: string };
+  error?: ErrorData;
+}
+
+export interface BottleContext {
+  input: BottleInput;
+  plan: BottlePlan | null;
+  created: CreatedResource[];
+  removed: CreatedResource[];
+  error: ErrorData | null;
+  exitCode: number | null;
+  stopRequested: boolean;
+  commandsSeen: string[];
+  proposals: Proposal[];
+  orphans: LabelledObject[];
+}
+
+/** An effect's failure as plain data; `created` lists what it made before failing. */
+export interface StepError extends ErrorData {
+  created?: CreatedResource[];
+}
+
+export type BottleEvent =
+  | { type: 'command.stop'; commandId: string; reason?: string }
+  | {
+      type: 'proposal.received';
+      proposal: { id: string; kind: ProposalKind; reason: string; change: Record<string, unknown> };
+      at: number;
+    }
+  | { type: 'proposal.approve'; commandId: string; id: string; by: string; secretRef?: string; at: number }
+  | { type: 'proposal.deny'; commandId: string; id: string; by: string; reason?: string; at: number };
+
+export interface ResolveOutput {
+  existingContainers: string[];
+  runtimes: string[];
+  perBottleDockerfile: boolean;
+}
+export interface CreatedOutput {
+  created: CreatedResource[];
+}
+
+const notImplemented = (id: string) =>
+  fromPromise<never, unknown>(async () => {
+    throw { code: 'INTERNAL', message: `effect ${id} has no implementation (machine.provide was not called)` };
+  });
+
+function asStepError(error: unknown): StepError {
+  if (error && typeof error === 'object' && typeof (error as { message?: unknown }).message === 'string') {
+    const e = error as StepError;
+    return { code: typeof e.code === 'string' ? e.code : 'INTERNAL', message: e.message, ...(e.hint ? { hint: e.hint } : {}), ...(e.created ? { created: e.created } : {}) };
+  }
+  return { code: 'INTERNAL', message: String(error) };
+}
+
+function planInputOf(input: BottleInput): PlanInput {
+  return {
+    manifest: input.manifest,
+    manifestDir: input.manifestDir,
+    agent: input.agent,
+    cwd: input.cwd,
+    overrides: input.overrides,
+    images: input.images,
+    runId: input.runId,
+  };
+}
+
+/** Planning inside the machine: pure, so it is recomputed identically on replay. */
+function tryPlan(input: BottleInput, world: ResolveOutput): { plan: BottlePlan } | { error: ErrorData } {
+  try {
+    return { plan: buildPlan(planInputOf(input), world) };
+  } catch (err) {
+    return { error: asStepError(err) };
+  }
+}
+
+const pending = (ps: Proposal[]) => ps.filter((p) => p.status === 'pending' || p.status === 'applying');
+
+export const bottleMachine = setup({
+  types: {
+    context: {} as BottleContext,
+    events: {} as BottleEvent,
+    input: {} as BottleInput,
+    output: {} as { exitCode: number | null; error: ErrorData | null },
+  },
+  actors: {
+    resolveWorld: notImplemented('resolveWorld') as unknown as ReturnType<
+      typeof fromPromise<ResolveOutput, { identity: string; probeNames: string[] }>
+    >,
+    probeOrphans: notImplemented('probeOrphans') as unknown as ReturnType<
+      typeof fromPromise<{ orphans: LabelledObject[] }, { identity: string; runId: string }>
+    >,
+    stageFiles: notImplemented('stageFiles') as unknown as ReturnType<typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string }>>,
+    ensureImages: notImplemented('ensureImages') as unknown as ReturnType<typeof fromPromise<{ built: string[] }, { plan: BottlePlan }>>,
+    createNetworks: notImplemented('createNetworks') as unknown as ReturnType<
+      typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string }>
+    >,
+    startSidecars: notImplemented('startSidecars') as unknown as ReturnType<
+      typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string }>
+    >,
+    createAgent: notImplemented('createAgent') as unknown as ReturnType<typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string }>>,
+    agentExit: notImplemented('agentExit') as unknown as ReturnType<
+      typeof fromPromise<{ exitCode: number }, { plan: BottlePlan; runId: string }>
+    >,
+    applyProposal: notImplemented('applyProposal') as unknown as ReturnType<
+      typeof fromPromise<{ applied: true }, { plan: BottlePlan; runId: string; proposal: Proposal }>
+    >,
+    teardown: notImplemented('teardown') as unknown as ReturnType<
+      typeof fromPromise<{ removed: CreatedResource[] }, { identity: string; runId: string; resources: CreatedResource[] }>
+    >,
+  },
+  guards: {
+    planFails: ({ context, event }) => 'error' in tryPlan(context.input, (event as unknown as { output: ResolveOutput }).output),
+    hasOrphans: ({ event }) => (event as unknown as { output: { orphans: LabelledObject[] } }).output.orphans.length > 0,
+    stopWasRequested: ({ context }) => context.stopRequested,
+    isNewCommand: ({ context, event }) => 'commandId' in event && !context.commandsSeen.includes(event.commandId),
+    approvable: ({ context, event }) =>
+      'commandId' in event &&
+      !context.commandsSeen.includes(event.commandId) &&
+      'id' in event &&
+      context.proposals.some((p) => p.id === event.id && p.status === 'pending'),
+    nothingPending: ({ context }) => pending(context.proposals).length === 0,
+    hasError: ({ context }) => context.error !== null,
+  },
+  actions: {
+    assignPlan: assign(({ context, event }) => {
+      const result = tryPlan(context.input, (event as unknown as { output: ResolveOutput }).output);
+      return 'plan' in result ? { plan: result.plan } : { error: result.error };
+    }),
+    assignOrphans: assign(({ context, event }) => {
+      const orphans = (event as unknown as { output: { orphans: LabelledObject[] } }).output.orphans;
+      const list = orphans.map((o) => `${o.kind} ${o.name}`).join(', ');
+      return {
+        orphans,
+        error: {
+          code: 'ORPHAN_SIDECAR',
+          message: `bottle '${context.input.identity}' has leftovers of an earlier run that no live run owns: ${list}`,
+          hint: 'run `bottle cleanup` (or `bottle cleanup --dry-run` to see what it removes), then launch again',
+        },
+      };
+    }),
+    recordCreated: assign(({ context, event }) => ({
+      created: [...context.created, ...(event as unknown as { output: CreatedOutput }).output.created],
+    })),
+    recordFailure: assign(({ context, event }) => {
+      const err = asStepError((event as unknown as { error: unknown }).error);
+      const { created, ...data } = err;
+      return { error: data, created: created ? [...context.created, ...created] : context.created };
+    }),
+    recordExit: assign({ exitCode: ({ event }) => (event as unknown as { output: { exitCode: number } }).output.exitCode }),
+    recordRemoved: assign({ removed: ({ event }) => (event as unknown as { output: { removed: CreatedResource[] } }).output.removed }),
+    recordStop: assign(({ context, event }) => ({
+      stopRequested: true,
+      commandsSeen: 'commandId' in event ? [...context.commandsSeen, event.commandId] : context.commandsSeen,
+    })),
+    recordProposal: assign(({ context, event }) => {
+      if (event.type !== 'proposal.received') return {};
+      if (context.proposals.some((p) => p.id === event.proposal.id)) return {};
+      const p: Proposal = { ...event.proposal, status: 'pending', receivedAt: event.at };
+      return { proposals: [...context.proposals, p] };
+    }),
+    recordApprove: assign(({ context, event }) => {
+      if (event.type !== 'proposal.approve') return {};
+      return {
+        commandsSeen: [...context.commandsSeen, event.commandId],
+        proposals: context.proposals.map((p) =>
+          p.id === event.id
+            ? { ...p, status: 'applying' as const, decidedAt: event.at, decision: { by: event.by, ...(event.secretRef ? { secretRef: event.secretRef } : {}) } }
+            : p,
+        ),
+      };
+    }),
+    recordDeny: assign(({ context, event }) => {
+      if (event.type !== 'proposal.deny') return {};
+      return {
+        commandsSeen: [...context.commandsSeen, event.commandId],
+        proposals: context.proposals.map((p) =>
+          p.id === event.id ? { ...p, status: 'denied' as const, decidedAt: event.at, decision: { by: event.by, ...(event.reason ? { reason: event.reason } : {}) } } : p,
+        ),
+      };
+    }),
+    recordIgnoredCommand: assign(({ context, event }) => ({
+      commandsSeen: 'commandId' in event && !context.commandsSeen.includes(event.commandId) ? [...context.commandsSeen, event.commandId] : context.commandsSeen,
+    })),
+    recordApplied: assign(({ context }) => ({
+      proposals: context.proposals.map((p) => (p.status === 'applying' ? { ...p, status: 'approved' as const } : p)),
+    })),
+    recordApplyFailed: assign(({ context, event }) => {
+      const err = asStepError((event as unknown as { error: unknown }).error);
+      return { proposals: context.proposals.map((p) => (p.status === 'applying' ? { ...p, status: 'failed' as const, error: { code: err.code, message: err.message } } : p)) };
+    }),
+  },
+}).createMachine({
+  id: 'bottle',
+  initial: 'resolving',
+  context: ({ input }) => ({
+    input,
+    plan: null,
+    created: [],
+    removed: [],
+    error: null,
+    exitCode: null,
+    stopRequested: false,
+    commandsSeen: [],
+    proposals: [],
+    orphans: [],
+  }),
+  on: {
+    // A stop before the agent runs is remembered and honoured once the current step has
+    // finished, so no step is cut off halfway with resources the context does not list.
+    'command.stop': { guard: 'isNewCommand', actions: 'recordStop' },
+  },
+  states: {
+    resolving: {
+      invoke: {
+        id: 'resolveWorld',
+        src: 'resolveWorld',
+        input: ({ context }) => ({
+          identity: context.input.identity,
+          probeNames: containerNamesToProbe(context.input.identity, context.input.overrides),
+        }),
+        onDone: [
+          { guard: 'planFails', target: 'teardown', actions: 'assignPlan' },
+          { guard: 'stopWasRequested', target: 'teardown', actions: 'assignPlan' },
+          { target: 'probingOrphans', actions: 'assignPlan' },
+        ],
+        onError: { target: 'teardown', actions: 'recordFailure' },
+      },
+    },
+    probingOrphans: {
+      invoke: {
+        id: 'probeOrphans',
+        src: 'probeOrphans',
+        input: ({ context }) => ({ identity: context.input.identity, runId: context.input.runId }),
+        onDone: [
+          { guard: 'hasOrphans', target: 'teardown', actions: 'assignOrphans' },
+          { guard: 'stopWasRequested', target: 'teardown' },
+          { target: 'preparingSidecars' },
+        ],
+        onError: { target: 'teardown', actions: 'recordFailure' },
+      },
+    },
+    preparingSidecars: {
+      initial: 'staging',
+      states: {
+        staging: {
+          invoke: {
+            id: 'stageFiles',
+            src: 'stageFiles',
+            input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId }),
+            onDone: [
+              { guard: 'stopWasRequested', target: '#bottle.teardown', actions: 'recordCreated' },
+              { target: 'images', actions: 'recordCreated' },
+            ],
+            onError: { target: '#bottle.teardown', actions: 'recordFailure' },
+          },
+        },
+        images: {
+          invoke: {
+            id: 'ensureImages',
+            src: 'ensureImages',
+            input: ({ context }) => ({ plan: context.plan! }),
+            onDone: [{ guard: 'stopWasRequested', target: '#bottle.teardown' }, { target: 'networks' }],
+            onError: { target: '#bottle.teardown', actions: 'recordFailure' },
+          },
+        },
+        networks: {
+          invoke: {
+            id: 'createNetworks',
+            src: 'createNetworks',
+            input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId }),
+            onDone: [
+              { guard: 'stopWasRequested', target: '#bottle.teardown', actions: 'recordCreated' },
+              { target: 'sidecars', actions: 'recordCreated' },
+            ],
+            onError: { target: '#bottle.teardown', actions: 'recordFailure' },
+          },
+        },
+        sidecars: {
+          invoke: {
+            id: 'startSidecars',
+            src: 'startSidecars',
+            input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId }),
+            onDone: [
+              { guard: 'stopWasRequested', target: '#bottle.teardown', actions: 'recordCreated' },
+              { target: 'agent', actions: 'recordCreated' },
+            ],
+            onError: { target: '#bottle.teardown', actions: 'recordFailure' },
+          },
+        },
+        agent: {
+          invoke: {
+            id: 'createAgent',
+            src: 'createAgent',
+            input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId }),
+            onDone: [
+              { guard: 'stopWasRequested', target: '#bottle.teardown', actions: 'recordCreated' },
+              { target: '#bottle.live', actions: 'recordCreated' },
+            ],
+            onError: { target: '#bottle.teardown', actions: 'recordFailure' },
+          },
+        },
+      },
+    },
+    live: {
+      invoke: {
+        id: 'agentExit',
+        src: 'agentExit',
+        input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId }),
+        onDone: { target: 'teardown', actions: 'recordExit' },
+        onError: { target: 'teardown', actions: 'recordFailure' },
+      },
+      on: {
+        'command.stop': { guard: 'isNewCommand', target: 'teardown', actions: 'recordStop' },
+        'proposal.received': { target: '.capabilityReview', actions: 'recordProposal' },
+      },
+      initial: 'running',
+      states: {
+        running: {
+          on: {
+            // Decisions on nothing pending (an unknown id, a second decision) are recorded and
+            // change nothing; the CLI checks them first and reports them to the user.
+            'proposal.approve': { actions: 'recordIgnoredCommand' },
+            'proposal.deny': { actions: 'recordIgnoredCommand' },
+          },
+        },
+        capabilityReview: {
+          // A second proposal while one is applying must not cancel the apply.
+          on: { 'proposal.received': { actions: 'recordProposal' } },
+          initial: 'waiting',
+          states: {
+            waiting: {
+              always: { guard: 'nothingPending', target: '#bottle.live.running' },
+              on: {
+                'proposal.approve': [{ guard: 'approvable', target: 'applying', actions: 'recordApprove' }, { actions: 'recordIgnoredCommand' }],
+                'proposal.deny': [{ guard: 'approvable', actions: 'recordDeny' }, { actions: 'recordIgnoredCommand' }],
+              },
+            },
+            applying: {
+              invoke: {
+                id: 'applyProposal',
+                src: 'applyProposal',
+                input: ({ context }) => ({
+                  plan: context.plan!,
+                  runId: context.input.runId,
+                  proposal: context.proposals.find((p) => p.status === 'applying')!,
+                }),
+                onDone: { target: 'waiting', actions: 'recordApplied' },
+                onError: { target: 'waiting', actions: 'recordApplyFailed' },
+              },
+              on: {
+                'proposal.approve': { actions: 'recordIgnoredCommand' },
+                'proposal.deny': [{ guard: 'approvable', actions: 'recordDeny' }, { actions: 'recordIgnoredCommand' }],
+              },
+            },
+          },
+        },
+      },
+    },
+    teardown: {
+      invoke: {
+        id: 'teardown',
+        src: 'teardown',
+        input: ({ context }) => ({
+          identity: context.input.identity,
+          runId: context.input.runId,
+          resources: [...context.created].reverse(),
+        }),
+        onDone: [
+          { guard: 'hasError', target: 'failed', actions: 'recordRemoved' },
+          { target: 'done', actions: 'recordRemoved' },
+        ],
+        onError: { target: 'failed', actions: 'recordFailure' },
+      },
+      on: { 'command.stop': { guard: 'isNewCommand', actions: 'recordStop' } },
+    },
+    done: { type: 'final' },
+    failed: { type: 'final' },
+  },
+  output: ({ context }) => ({ exitCode: context.exitCode, error: context.error }),
+});
+
+export type BottleMachine = typeof bottleMachine;
+
+/** The CONTRACT.md state name of a snapshot value. */
+export function stateName(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (value && typeof value === 'object') {
+    const [top, sub] = Object.entries(value as Record<string, unknown>)[0] ?? [];
+    if (top === 'live' && sub !== undefined) return typeof sub === 'string' ? sub : Object.keys(sub as object)[0] ?? 'running';
+    if (top) return top;
+  }
+  return 'unknown';
+}
+
+/** A step key's step name for an invoke id (the journal keys effects by it). */
+export const STEP_IDS = [
+  'resolveWorld',
+  'probeOrphans',
+  'stageFiles',
+  'ensureImages',
+  'createNetworks',
+  'startSidecars',
+  'createAgent',
+  'agentExit',
+  'applyProposal',
+  'teardown',
+] as const;
+export type StepId = (typeof STEP_IDS)[number];

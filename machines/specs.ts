@@ -1,0 +1,76 @@
+import { PROMPT_PATH, type BottlePlan, type SidecarPlan } from './plan.js';
+import { LABEL, type ContainerSpec, type Labels, type Role } from './ports.js';
+
+/**
+ * Container and network specs derived from a plan: pure policy, so the hardening of
+ * the agent is decided here once and every backend applies the same thing.
+ */
+
+export const ENGINE_VERSION = '0.1.0';
+
+export function labelsFor(identity: string, runId: string, role: Role): Labels {
+  return { [LABEL.identity]: identity, [LABEL.run]: runId, [LABEL.role]: role, [LABEL.version]: ENGINE_VERSION };
+}
+
+/** uid/gid of the `agent` user in the built-in agent image. */
+export const AGENT_UID = 1000;
+export const AGENT_PIDS_LIMIT = 512;
+export const AGENT_MEMORY_BYTES = 4 * 1024 ** 3;
+
+export function agentSpec(
+  plan: BottlePlan,
+  runId: string,
+  staged: { envFile: string; promptFile: string },
+  forwardedValues: Record<string, string>,
+): ContainerSpec {
+  return {
+    name: plan.container,
+    image: plan.images.runtime,
+    role: 'agent',
+    labels: labelsFor(plan.identity, runId, 'agent'),
+    // The agent joins the internal network only: no gateway, so its one way out is egress.
+    networks: [{ name: plan.networks.internal, aliases: ['agent'] }],
+    env: { ...forwardedValues, ...plan.env.agentSide },
+    envFile: staged.envFile,
+    ...(plan.command ? { cmd: plan.command } : {}),
+    runtime: plan.runtime,
+    mounts: [{ type: 'volume', source: plan.volume, target: '/workspace', readOnly: false }],
+    copyIn: [{ hostPath: staged.promptFile, containerPath: PROMPT_PATH, mode: 0o600, uid: AGENT_UID, gid: AGENT_UID }],
+    tty: false,
+    openStdin: true,
+    hardened: true,
+    pidsLimit: AGENT_PIDS_LIMIT,
+    memoryBytes: AGENT_MEMORY_BYTES,
+  };
+}
+
+export function sidecarSpec(plan: BottlePlan, runId: string, sidecar: SidecarPlan, configFiles: { hostPath: string; containerPath: string }[]): ContainerSpec {
+  const networks = [{ name: plan.networks.internal, aliases: [sidecar.alias] }];
+  if (sidecar.upstream) networks.push({ name: plan.networks.egress, aliases: [] });
+  return {
+    name: sidecar.name,
+    image: sidecar.image,
+    role: sidecar.role,
+    labels: labelsFor(plan.identity, runId, sidecar.role),
+    networks,
+    env: {
+      BOTTLE_SIDECAR_ROLE: sidecar.role,
+      BOTTLE_SIDECAR_PORT: String(sidecar.port),
+      BOTTLE_IDENTITY: plan.identity,
+    },
+    cmd: [`/opt/bot-bottle/sidecars/${sidecarProgram(sidecar.role)}.mjs`],
+    mounts: [],
+    copyIn: configFiles.map((f) => ({ ...f, mode: 0o600 })),
+    tty: false,
+    openStdin: false,
+    hardened: true,
+    pidsLimit: 256,
+    memoryBytes: 512 * 1024 ** 2,
+  };
+}
+
+/** Which program each sidecar runs; roles without their own program yet run the placeholder. */
+export function sidecarProgram(role: SidecarPlan['role']): string {
+  const implemented: SidecarPlan['role'][] = [];
+  return implemented.includes(role) ? role : 'placeholder';
+}

@@ -1,0 +1,223 @@
+import { BottleError, toErrorData } from '../config/errors.js';
+import type { CreatedResource, Proposal, ResolveOutput, StepError, StepId } from './bottle.machine.js';
+import type { BottlePlan } from './plan.js';
+import type {
+  AgentIO,
+  BottlePaths,
+  BuildProgress,
+  CapabilityApplier,
+  ContainerRuntime,
+  HostEnv,
+  HostFiles,
+  ImageProvider,
+  LabelledObject,
+  RunRegistry,
+  Stager,
+} from './ports.js';
+import { LABEL } from './ports.js';
+import { agentSpec, labelsFor, sidecarSpec } from './specs.js';
+
+/**
+ * The effects of the bottle machine, built from the ports they need (Temporal's
+ * createActivities(deps) pattern). Each is idempotent or reconciles, because a
+ * restored machine runs the invocation of its current state again: names are
+ * deterministic, `ensure*` adopts what exists, removal of what is gone succeeds.
+ * A step that fails after creating something reports it in `created`, so teardown
+ * removes exactly what exists.
+ */
+
+export interface StepDeps {
+  runtime: ContainerRuntime;
+  images: ImageProvider;
+  stager: Stager;
+  files: HostFiles;
+  hostEnv: HostEnv;
+  runs: RunRegistry;
+  paths: BottlePaths;
+  capabilities: CapabilityApplier;
+  progress: BuildProgress;
+  /** Present when a terminal is attached to this run. */
+  io?: AgentIO;
+  /** How long sidecars get to become ready. */
+  sidecarDeadlineMs?: number;
+}
+
+export type StepFn = (input: never, signal: AbortSignal) => Promise<unknown>;
+
+interface PlanStepInput {
+  plan: BottlePlan;
+  runId: string;
+}
+
+function failWith(err: unknown, created: CreatedResource[]): never {
+  const data: StepError = { ...toErrorData(err), created };
+  throw data;
+}
+
+function stagedPaths(deps: StepDeps, plan: BottlePlan, runId: string) {
+  const dir = deps.paths.stageDir(plan.identity, runId);
+  return { dir, envFile: `${dir}/agent.env`, promptFile: `${dir}/prompt`, allowlistFile: `${dir}/allowlist` };
+}
+
+export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
+  const { runtime } = deps;
+
+  const resolveWorld = async (input: { identity: string; probeNames: string[] }, signal: AbortSignal): Promise<ResolveOutput> => {
+    const [info, existing, perBottle] = await Promise.all([
+      runtime.info(signal),
+      runtime.existingContainers(input.probeNames, signal),
+      deps.files.exists(deps.paths.perBottleDockerfile(input.identity)),
+    ]);
+    return { existingContainers: existing.sort(), runtimes: [...info.runtimes].sort(), perBottleDockerfile: perBottle };
+  };
+
+  const probeOrphans = async (input: { identity: string; runId: string }, signal: AbortSignal) => {
+    const [objects, live] = await Promise.all([
+      runtime.listLabelled({ [LABEL.identity]: input.identity }, signal),
+      deps.runs.liveRuns(input.identity),
+    ]);
+    const owned = new Set([...live, input.runId]);
+    const orphans: LabelledObject[] = objects
+      .filter((o) => !owned.has(o.labels[LABEL.run] ?? ''))
+      .sort((a, b) => (a.kind + a.name).localeCompare(b.kind + b.name));
+    return { orphans };
+  };
+
+  const stageFiles = async (input: PlanStepInput) => {
+    const { plan, runId } = input;
+    const staged = stagedPaths(deps, plan, runId);
+    const prompt = 'text' in plan.prompt ? plan.prompt.text : await deps.files.readText(plan.prompt.file);
+    const envLines = Object.entries(plan.env.literals).map(([k, v]) => {
+      // docker's env-file format has no quoting: a newline would smuggle a second variable.
+      if (/[\n\r\0]/.test(v)) throw new BottleError('MANIFEST_INVALID', `env ${k}: a literal value may not contain a newline`, 'run `bottle validate`');
+      return `${k}=${v}\n`;
+    });
+    await deps.stager.stage(staged.dir, [
+      { name: 'agent.env', content: envLines.join('') },
+      { name: 'prompt', content: prompt },
+      { name: 'allowlist', content: plan.allowlist.map((h) => `${h}\n`).join('') },
+    ]);
+    return { created: [{ kind: 'stage', name: staged.dir }] as CreatedResource[] };
+  };
+
+  const ensureImages = async (input: { plan: BottlePlan }, signal: AbortSignal) => deps.images.ensureForPlan(input.plan, deps.progress, signal);
+
+  const createNetworks = async (input: PlanStepInput, signal: AbortSignal) => {
+    const { plan, runId } = input;
+    const created: CreatedResource[] = [];
+    try {
+      for (const [name, internal] of [
+        [plan.networks.internal, true],
+        [plan.networks.egress, false],
+      ] as const) {
+        await runtime.ensureNetwork({ name, internal, labels: labelsFor(plan.identity, runId, 'network') }, signal);
+        created.push({ kind: 'network', name, role: internal ? 'internal' : 'egress' });
+      }
+    } catch (err) {
+      failWith(err, created);
+    }
+    return { created };
+  };
+
+  const startSidecars = async (input: PlanStepInput, signal: AbortSignal) => {
+    const { plan, runId } = input;
+    const staged = stagedPaths(deps, plan, runId);
+    const created: CreatedResource[] = [];
+    const deadline = deps.sidecarDeadlineMs ?? 30_000;
+    // Sidecars start in parallel; each is waited for with its own readiness check.
+    const results = await Promise.allSettled(
+      plan.sidecars.map(async (s) => {
+        const config = s.role === 'egress' ? [{ hostPath: staged.allowlistFile, containerPath: '/run/bottle/allowlist' }] : [];
+        await runtime.ensureContainer(sidecarSpec(plan, runId, s, config), signal);
+        created.push({ kind: 'container', name: s.name, role: s.role });
+        await runtime.startContainer(s.name, signal);
+        await runtime.waitReady(s.name, { kind: 'tcp', port: s.port }, deadline, signal);
+      }),
+    );
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    // Created order is completion order; sort for a stable, replayable record.
+    const order = plan.sidecars.map((s) => s.name);
+    created.sort((a, b) => order.indexOf(a.name) - order.indexOf(b.name));
+    if (failed) failWith(failed.reason, created);
+    return { created };
+  };
+
+  const createAgent = async (input: PlanStepInput, signal: AbortSignal) => {
+    const { plan, runId } = input;
+    const staged = stagedPaths(deps, plan, runId);
+    const created: CreatedResource[] = [];
+    try {
+      const forwarded: Record<string, string> = {};
+      for (const [name, hostName] of Object.entries(plan.env.forwarded)) {
+        const value = deps.hostEnv.get(hostName);
+        if (value !== undefined) forwarded[name] = value;
+      }
+      await runtime.ensureVolume({ name: plan.volume, labels: labelsFor(plan.identity, runId, 'volume') }, signal);
+      created.push({ kind: 'volume', name: plan.volume });
+      await runtime.ensureContainer(agentSpec(plan, runId, staged, forwarded), signal);
+      created.push({ kind: 'container', name: plan.container, role: 'agent' });
+      await runtime.startContainer(plan.container, signal);
+    } catch (err) {
+      failWith(err, created);
+    }
+    return { created };
+  };
+
+  const agentExit = async (input: PlanStepInput, signal: AbortSignal) => {
+    const { plan, runId } = input;
+    return runtime.waitExit(plan.container, { ...(deps.io ? { io: deps.io } : {}), logFile: deps.paths.agentLog(plan.identity, runId) }, signal);
+  };
+
+  const applyProposal = async (input: PlanStepInput & { proposal: Proposal }, signal: AbortSignal) => {
+    await deps.capabilities.apply(input.plan, input.proposal, signal);
+    return { applied: true as const };
+  };
+
+  const teardown = async (input: { identity: string; runId: string; resources: CreatedResource[] }, signal: AbortSignal) => {
+    const removed: CreatedResource[] = [];
+    for (const r of input.resources) {
+      await removeResource(r, signal);
+      removed.push(r);
+    }
+    // A crash in the middle of a step can leave an object the context never listed; the
+    // run label says it is ours and this run's, so sweeping it is still exact.
+    const stray = await runtime.listLabelled({ [LABEL.identity]: input.identity, [LABEL.run]: input.runId }, signal);
+    const rank = { container: 0, network: 1, volume: 2 } as const;
+    for (const o of stray.sort((a, b) => rank[a.kind] - rank[b.kind])) {
+      const r: CreatedResource = { kind: o.kind, name: o.name };
+      await removeResource(r, signal);
+      removed.push(r);
+    }
+    return { removed };
+  };
+
+  async function removeResource(r: CreatedResource, signal: AbortSignal) {
+    switch (r.kind) {
+      case 'container':
+        await runtime.removeContainer(r.name, signal);
+        break;
+      case 'network':
+        await runtime.removeNetwork(r.name, signal);
+        break;
+      case 'volume':
+        await runtime.removeVolume(r.name, signal);
+        break;
+      case 'stage':
+        await deps.stager.removeDir(r.name);
+        break;
+    }
+  }
+
+  return {
+    resolveWorld,
+    probeOrphans,
+    stageFiles,
+    ensureImages,
+    createNetworks,
+    startSidecars,
+    createAgent,
+    agentExit,
+    applyProposal,
+    teardown,
+  } as unknown as Record<StepId, StepFn>;
+}
