@@ -20,6 +20,8 @@ export function printJson(value: unknown): void {
 /** Prints an error the way every command does and returns the exit code to use. */
 export function reportError(err: unknown, opts: OutputOpts): number {
   const data = toErrorData(err);
+  // Hints are written both with and without a leading "Try:"; print exactly one.
+  if (data.hint) data.hint = data.hint.replace(/^Try:\s*/, '');
   const issues = (err as { issues?: unknown }).issues;
   if (opts.json) {
     printJson({ error: { code: data.code, message: data.message, hint: data.hint ?? null, ...(Array.isArray(issues) ? { issues } : {}) } });

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { BottleError } from '../config/errors.js';
 import type {
   ContainerInfo,
@@ -57,6 +58,7 @@ export class FakeRuntime implements ContainerRuntime {
     private readonly file: string,
     private readonly opts: { runtimes?: string[]; fail?: FakeFailure[]; now?: () => number } = {},
   ) {
+    mkdirSync(dirname(file), { recursive: true });
     if (!existsSync(file)) this.save({ containers: {}, networks: {}, volumes: {}, creates: {}, ops: [] });
   }
 

@@ -1,0 +1,282 @@
+import { spawn } from 'node:child_process';
+import { closeSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BottleError } from '../../config/errors.js';
+import { NanoIds } from '../../effects/local.js';
+import { MACHINE_VERSION, type BottleInput } from '../../machines/bottle.machine.js';
+import { bottleIdentity } from '../../machines/names.js';
+import type { AgentIO } from '../../machines/ports.js';
+import { createSteps } from '../../machines/steps.js';
+import { EventLog } from '../../store/event-log.js';
+import { readLockOwner } from '../../store/lock.js';
+import { postCommand } from '../../store/mailbox.js';
+import { commandsDir, eventsFile, lockFile, runDir } from '../../store/paths.js';
+import { listRuns, readStateDoc } from '../../store/state-doc.js';
+import { foldLog } from '../engine/fold.js';
+import { RunHost, type RunResult } from '../engine/runner.js';
+import { clock, faultFromEnv, openBackend, stepDeps, type CliContext } from '../engine/wiring.js';
+import { info, printJson } from '../output.js';
+import { agentOf, overridesFrom, readManifest, resolveCwd } from './manifest.js';
+
+const ids = new NanoIds();
+const FINAL = new Set(['done', 'failed']);
+
+/** The run a command about BOTTLE means: --run, else the bottle's current one. */
+export function currentRun(ctx: CliContext, identity: string, run?: string): string {
+  if (run) {
+    if (!listRuns(ctx.home, identity).includes(run)) {
+      throw new BottleError('BOTTLE_NOT_FOUND', `bottle '${identity}' has no run '${run}'`, `bottle status ${identity}`);
+    }
+    return run;
+  }
+  const doc = readStateDoc(ctx.home, identity);
+  const runs = listRuns(ctx.home, identity);
+  const id = doc?.runId ?? runs[runs.length - 1];
+  if (!id) throw new BottleError('BOTTLE_NOT_FOUND', `no bottle '${identity}' is known in ${ctx.home}`, 'bottle ls   (BOTTLE is an identity as printed by plan, run and ls)');
+  return id;
+}
+
+export function ownerAlive(ctx: CliContext, identity: string, runId: string): boolean {
+  return readLockOwner(lockFile(ctx.home, identity, runId))?.alive === true;
+}
+
+/** Standard streams of this terminal, for an attached agent. */
+function terminalIO(): AgentIO {
+  const io: AgentIO = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr };
+  if (process.stdin.isTTY && process.stdout.isTTY) {
+    io.tty = {
+      columns: process.stdout.columns,
+      rows: process.stdout.rows,
+      onResize(cb) {
+        const handler = () => cb({ columns: process.stdout.columns, rows: process.stdout.rows });
+        process.stdout.on('resize', handler);
+        return () => process.stdout.off('resize', handler);
+      },
+    };
+  }
+  return io;
+}
+
+async function host(ctx: CliContext, attach: boolean, quiet = false) {
+  const backend = await openBackend(ctx);
+  const io = attach ? terminalIO() : undefined;
+  const progress = (line: string) => {
+    if (!quiet) info(`  ${line}`);
+  };
+  const steps = createSteps(stepDeps(ctx, backend, { ...(io ? { io } : {}), progress }));
+  const fault = faultFromEnv(ctx.env);
+  return {
+    home: ctx.home,
+    steps,
+    clock,
+    ...(fault ? { fault } : {}),
+    onState: (state: string) => {
+      if (!quiet) info(`bottle: ${state}`);
+    },
+  };
+}
+
+/** Ends like the agent: its exit code after teardown; 1 when the bottle failed. */
+function finishRun(result: RunResult, json: boolean | undefined): number {
+  if (json) printJson({ identity: result.identity, run: result.runId, state: result.state, exit_code: result.exitCode, error: result.error });
+  if (result.state === 'failed' && result.error) {
+    info(`error ${result.error.code}: ${result.error.message}`);
+    if (result.error.hint) info(`Try: ${result.error.hint.replace(/^Try:\s*/, '')}`);
+    return 1;
+  }
+  return result.exitCode ?? (result.state === 'done' ? 0 : 1);
+}
+
+/** Runs the host in the foreground; SIGINT/SIGTERM ask it to tear down through the mailbox. */
+async function foreground(ctx: CliContext, h: RunHost, json?: boolean): Promise<number> {
+  const stop = (signal: string) => {
+    info(`bottle: ${signal}, tearing down`);
+    postCommand(commandsDir(ctx.home, h.identity, h.runId), { id: ids.commandId(), type: 'stop', reason: signal });
+  };
+  const onInt = () => stop('SIGINT');
+  const onTerm = () => stop('SIGTERM');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
+  try {
+    return finishRun(await h.done, json);
+  } finally {
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
+  }
+}
+
+export interface RunOpts {
+  file?: string;
+  json?: boolean;
+  cwd?: string;
+  detach?: boolean;
+}
+
+export async function cmdRun(ctx: CliContext, agent: string, opts: RunOpts): Promise<number> {
+  const loaded = await readManifest(ctx, opts);
+  agentOf(loaded, agent);
+  const cwd = resolveCwd(ctx, opts.cwd);
+  const identity = bottleIdentity(agent, cwd);
+  for (const runId of listRuns(ctx.home, identity)) {
+    if (ownerAlive(ctx, identity, runId)) {
+      throw new BottleError('RUN_LOCKED', `bottle '${identity}' is already running (run ${runId})`, `bottle stop ${identity}   (or run it against another --cwd)`);
+    }
+  }
+  const backend = await openBackend(ctx);
+  const input: BottleInput = {
+    runId: ids.runId(),
+    identity,
+    manifest: loaded.manifest,
+    manifestDir: loaded.dir,
+    agent,
+    cwd,
+    overrides: overridesFrom(ctx.env),
+    images: await backend.imageTags(),
+  };
+  if (opts.detach) return detach(ctx, input, opts);
+  const h = RunHost.start(await host(ctx, true, opts.json), input);
+  info(`bottle: ${identity} run ${input.runId}`);
+  return foreground(ctx, h, opts.json);
+}
+
+/**
+ * --detach: a background owner process (`bottle __owner`) runs the bottle; this one
+ * returns once the agent runs (or the launch failed) and prints the identity.
+ */
+async function detach(ctx: CliContext, input: BottleInput, opts: RunOpts): Promise<number> {
+  const dir = runDir(ctx.home, input.identity, input.runId);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const inputFile = join(dir, 'input.json');
+  writeFileSync(inputFile, JSON.stringify({ machineVersion: MACHINE_VERSION, input }), { mode: 0o600 });
+  const out = openSync(join(dir, 'owner.log'), 'a', 0o600);
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, '__owner', input.identity, input.runId], {
+    detached: true,
+    stdio: ['ignore', out, out],
+    env: ctx.env as NodeJS.ProcessEnv,
+  });
+  child.unref();
+  closeSync(out);
+  const state = await waitForState(ctx, input.identity, input.runId, (s) => s === 'running' || s === 'capabilityReview' || FINAL.has(s));
+  if (state.state === 'failed') {
+    const err = state.error ?? { code: 'INTERNAL', message: 'the bottle failed to start' };
+    throw new BottleError((err.code as 'INTERNAL') ?? 'INTERNAL', err.message, err.hint);
+  }
+  if (opts.json) printJson({ identity: input.identity, run: input.runId, state: state.state });
+  else {
+    info(`bottle: ${input.identity} is ${state.state} (run ${input.runId})`);
+    info(`next: bottle logs ${input.identity} | bottle status ${input.identity} | bottle stop ${input.identity}`);
+    process.stdout.write(`${input.identity}\n`);
+  }
+  return 0;
+}
+
+/** The background owner of a detached run: starts it from input.json with no terminal. */
+export async function cmdOwner(ctx: CliContext, identity: string, runId: string): Promise<number> {
+  const { readFileSync } = await import('node:fs');
+  const { input } = JSON.parse(readFileSync(join(runDir(ctx.home, identity, runId), 'input.json'), 'utf8')) as { input: BottleInput };
+  const h = RunHost.start(await host(ctx, false), input);
+  process.on('SIGTERM', () => postCommand(commandsDir(ctx.home, identity, runId), { id: ids.commandId(), type: 'stop', reason: 'SIGTERM' }));
+  return finishRun(await h.done, false);
+}
+
+async function waitForState(ctx: CliContext, identity: string, runId: string, ok: (s: string) => boolean) {
+  let last = '';
+  for (;;) {
+    const doc = readStateDoc(ctx.home, identity);
+    if (doc && doc.runId === runId) {
+      if (doc.state !== last) {
+        last = doc.state;
+        info(`bottle: ${doc.state}`);
+      }
+      if (ok(doc.state)) return doc;
+    }
+    if (doc?.runId === runId || last !== '') {
+      // The owner died before finishing: say so rather than wait forever.
+      if (!ownerAlive(ctx, identity, runId) && !(doc && ok(doc.state))) {
+        const lock = readLockOwner(lockFile(ctx.home, identity, runId));
+        if (lock === null || !lock.alive) {
+          throw new BottleError('INTERNAL', `the owner of run ${runId} exited before the bottle was up`, `see ${join(runDir(ctx.home, identity, runId), 'owner.log')}, then bottle resume ${identity}`);
+        }
+      }
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export async function cmdResume(ctx: CliContext, identity: string, opts: { json?: boolean; run?: string }): Promise<number> {
+  const runId = currentRun(ctx, identity, opts.run);
+  const h = RunHost.resume(await host(ctx, true, opts.json), identity, runId);
+  info(`bottle: resumed ${identity} run ${runId}`);
+  return foreground(ctx, h, opts.json);
+}
+
+/** Posts a command to the run's owner; with no live owner this process becomes the owner. */
+async function deliver(ctx: CliContext, identity: string, runId: string, cmd: Parameters<typeof postCommand>[1], opts: { json?: boolean }, until: () => boolean): Promise<number> {
+  postCommand(commandsDir(ctx.home, identity, runId), cmd);
+  if (ownerAlive(ctx, identity, runId)) {
+    for (;;) {
+      if (until()) return 0;
+      if (!ownerAlive(ctx, identity, runId)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    if (until()) return 0;
+  }
+  info(`bottle: no live owner for run ${runId}; taking it over to carry out the command`);
+  const h = RunHost.resume(await host(ctx, false, opts.json), identity, runId);
+  return foreground(ctx, h, opts.json);
+}
+
+function foldedState(ctx: CliContext, identity: string, runId: string) {
+  const file = eventsFile(ctx.home, identity, runId);
+  return foldLog(EventLog.read(file), file, { fromSnapshot: true }).snapshot;
+}
+
+export async function cmdStop(ctx: CliContext, identity: string, opts: { json?: boolean; run?: string }): Promise<number> {
+  const runId = currentRun(ctx, identity, opts.run);
+  const snap = foldedState(ctx, identity, runId);
+  if (snap.status !== 'active') {
+    if (opts.json) printJson({ identity, run: runId, state: snap.value });
+    else info(`bottle '${identity}' run ${runId} has already ended (${String(snap.value)})`);
+    return 0;
+  }
+  const code = await deliver(ctx, identity, runId, { id: ids.commandId(), type: 'stop', reason: 'bottle stop' }, opts, () => foldedState(ctx, identity, runId).status !== 'active');
+  const doc = readStateDoc(ctx.home, identity);
+  if (opts.json) printJson({ identity, run: runId, state: doc?.state ?? null });
+  else info(`bottle: ${identity} is ${doc?.state ?? 'stopped'}`);
+  return code === 0 ? 0 : code;
+}
+
+export async function cmdDecide(
+  ctx: CliContext,
+  identity: string,
+  proposalId: string,
+  decision: { approve: true; secretRef?: string } | { approve: false; reason?: string },
+  opts: { json?: boolean },
+): Promise<number> {
+  const runId = currentRun(ctx, identity);
+  const snap = foldedState(ctx, identity, runId);
+  const proposal = snap.context.proposals.find((p) => p.id === proposalId);
+  if (!proposal) {
+    throw new BottleError('PROPOSAL_NOT_FOUND', `bottle '${identity}' has no proposal '${proposalId}' in run ${runId}`, `bottle proposals ${identity}`);
+  }
+  if (proposal.status !== 'pending') {
+    throw new BottleError('PROPOSAL_DECIDED', `proposal '${proposalId}' of bottle '${identity}' is already ${proposal.status}`, `bottle proposals ${identity}`);
+  }
+  if (decision.approve && proposal.kind === 'route' && !decision.secretRef) {
+    throw new BottleError('USAGE', `proposal '${proposalId}' adds a route: approve it with the secret it should use`, `bottle approve ${identity} ${proposalId} --token-env NAME   (or --token-file PATH)`);
+  }
+  if (snap.status !== 'active') throw new BottleError('RUN_FINISHED', `run ${runId} of bottle '${identity}' has ended`, `bottle status ${identity}`);
+  const by = ctx.env.USER ?? 'cli';
+  const cmd = decision.approve
+    ? { id: ids.commandId(), type: 'approve' as const, proposal: proposalId, by, ...(decision.secretRef ? { secretRef: decision.secretRef } : {}) }
+    : { id: ids.commandId(), type: 'deny' as const, proposal: proposalId, by, ...(decision.reason ? { reason: decision.reason } : {}) };
+  const decided = () => {
+    const p = foldedState(ctx, identity, runId).context.proposals.find((x) => x.id === proposalId);
+    return p !== undefined && p.status !== 'pending' && p.status !== 'applying';
+  };
+  const code = await deliver(ctx, identity, runId, cmd, opts, decided);
+  const p = foldedState(ctx, identity, runId).context.proposals.find((x) => x.id === proposalId);
+  if (opts.json) printJson({ identity, run: runId, id: proposalId, status: p?.status ?? null, error: p?.error ?? null });
+  else info(`proposal ${proposalId}: ${p?.status}${p?.error ? ` (${p.error.message})` : ''}`);
+  return p?.status === 'failed' ? 1 : code;
+}
