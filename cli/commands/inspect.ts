@@ -148,6 +148,10 @@ export async function cmdAudit(ctx: CliContext, identity: string, opts: { json?:
           return { ...base, type: `command.${r.command.type}`, command: r.command };
         case 'owner':
           return { ...base, type: r.takeover ? 'owner.takeover' : 'owner', pid: r.pid, host: r.host };
+        default: {
+          const unknown: never = r;
+          return { ...base, type: String((unknown as { kind: string }).kind) };
+        }
       }
     });
   const all = [...engine, ...sidecarAudit(ctx, identity, runId)].sort((a, b) => a.at - b.at);
