@@ -21,6 +21,10 @@ export function parseEgressEntry(raw: string): EgressEntryResult {
   if (/\s/.test(raw)) return fail('must not contain whitespace');
   if (raw.includes('://')) return fail('write a host, host:port or *.domain, not a URL (drop the scheme)');
   if (raw.includes('/')) return fail('write a host, host:port or *.domain, without a path');
+  // Checked before lowercasing: some non-ASCII letters lowercase to ASCII (U+212A KELVIN SIGN
+  // becomes k), which would allow a different host than the one written.
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: the range is all of ASCII
+  if (!/^[\u0000-\u007f]*$/.test(raw)) return fail('must be ASCII (write an international name in its xn-- form)');
 
   const entry = raw.toLowerCase();
   const colon = entry.indexOf(':');

@@ -48,7 +48,11 @@ function strict<T extends z.core.$ZodLooseShape>(shape: T) {
   });
 }
 
-/** For `{ a } | { b }` objects: the union is spelled as one strict object so errors keep precise paths. */
+/**
+ * For `{ a } | { b }` objects: the union is spelled as one strict object so errors keep
+ * precise paths. The transform that follows only runs when this check passed, so there
+ * exactly one of the two is set.
+ */
 function exactlyOneOf(a: string, b: string) {
   return (value: Record<string, unknown>, ctx: z.RefinementCtx) => {
     const count = (value[a] !== undefined ? 1 : 0) + (value[b] !== undefined ? 1 : 0);

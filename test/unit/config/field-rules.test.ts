@@ -58,6 +58,8 @@ describe('parseEgressEntry', () => {
     expect(rejected('example.com:08')).toMatch(/1 to 65535/);
     expect(rejected(':443')).toMatch(/host/);
     expect(rejected('[::1]:443')).toMatch(/IPv6/);
+    expect(rejected('\u212Aexample.com')).toMatch(/ASCII/);
+    expect(rejected('bücher.example')).toMatch(/xn--/);
     expect(rejected(`${'a'.repeat(64)}.example.com`)).toMatch(/label/);
     expect(rejected(`${'a.'.repeat(127)}ab`)).toMatch(/253/);
   });
