@@ -51,9 +51,12 @@ export interface FakeFailure {
   op: string;
   name?: string;
   code?: string;
+  /** Fail only the first this many matching calls (of this instance). */
+  times?: number;
 }
 
 export class FakeRuntime implements ContainerRuntime {
+  private readonly failed = new Map<FakeFailure, number>();
   constructor(
     private readonly file: string,
     private readonly opts: { runtimes?: string[]; fail?: FakeFailure[]; now?: () => number } = {},
@@ -77,7 +80,8 @@ export class FakeRuntime implements ContainerRuntime {
   }
 
   private mutate<T>(op: string, name: string, fn: (w: FakeWorld) => T): T {
-    const fail = this.opts.fail?.find((f) => f.op === op && (f.name === undefined || f.name === name));
+    const fail = this.opts.fail?.find((f) => f.op === op && (f.name === undefined || f.name === name) && (f.times === undefined || (this.failed.get(f) ?? 0) < f.times));
+    if (fail) this.failed.set(fail, (this.failed.get(fail) ?? 0) + 1);
     if (fail) throw new BottleError((fail.code as 'DOCKER_ERROR') ?? 'DOCKER_ERROR', `fake failure injected into ${op} ${name}`);
     const w = this.world();
     const out = fn(w);

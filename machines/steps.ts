@@ -86,7 +86,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
   const stageFiles = async (input: PlanStepInput) => {
     const { plan, runId } = input;
     const staged = stagedPaths(deps, plan, runId);
-    const prompt = 'text' in plan.prompt ? plan.prompt.text : await deps.files.readText(plan.prompt.file);
+    const prompt = 'text' in plan.prompt ? plan.prompt.text : await readPrompt(plan.prompt.file, plan.agent);
     const envLines = Object.entries(plan.env.literals).map(([k, v]) => {
       // docker's env-file format has no quoting: a newline would smuggle a second variable.
       if (/[\n\r\0]/.test(v)) throw new BottleError('MANIFEST_INVALID', `env ${k}: a literal value may not contain a newline`, 'run `bottle validate`');
@@ -99,6 +99,14 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     ]);
     return { created: [{ kind: 'stage', name: staged.dir }] as CreatedResource[] };
   };
+
+  async function readPrompt(file: string, agent: string) {
+    try {
+      return await deps.files.readText(file);
+    } catch (err) {
+      throw new BottleError('MANIFEST_INVALID', `agents.${agent}.prompt_file: cannot read ${file}: ${(err as Error).message}`, 'fix the path in the manifest, then `bottle validate`');
+    }
+  }
 
   const ensureImages = async (input: { plan: BottlePlan }, signal: AbortSignal) => deps.images.ensureForPlan(input.plan, deps.progress, signal);
 

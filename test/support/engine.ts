@@ -6,14 +6,16 @@ import { RunHost } from '../../cli/engine/runner.js';
 import { openBackend, stepDeps, type CliContext } from '../../cli/engine/wiring.js';
 import { bottleIdentity } from '../../machines/names.js';
 import { createSteps } from '../../machines/steps.js';
+import { FakeRuntime, type FakeFailure } from '../../effects/fake-runtime.js';
+import { FakeCapabilities, FakeImages } from '../../effects/fakes.js';
 import type { BottleInput } from '../../machines/bottle.machine.js';
 
 /** A manifest with one bottle and one script agent, for engine tests on the fake backend. */
-export function testManifest(extra: { agentCommand?: string[]; supervise?: boolean } = {}): Manifest {
+export function testManifest(extra: { agentCommand?: string[]; supervise?: boolean; promptFile?: string } = {}): Manifest {
   const result = validateManifest({
     version: 1,
     bottles: { box: { egress: { allow: ['allowed.test'] }, supervise: extra.supervise ?? false, env: { LEVEL: { value: 'debug' } } } },
-    agents: { coder: { bottle: 'box', prompt: 'do the thing', command: extra.agentCommand ?? ['fake-agent', '--exit', '0', '--ms', '20'] } },
+    agents: { coder: { bottle: 'box', ...(extra.promptFile ? { prompt_file: extra.promptFile } : { prompt: 'do the thing' }), command: extra.agentCommand ?? ['fake-agent', '--exit', '0', '--ms', '20'] } },
   });
   if (!result.ok) throw new Error(JSON.stringify(result.issues));
   return result.manifest;
@@ -37,8 +39,25 @@ export function testInput(ctx: CliContext, manifest: Manifest, runId = `r${Date.
   };
 }
 
-export async function startFakeRun(ctx: CliContext, input: BottleInput, opts: { onState?: (s: string) => void } = {}) {
+export const worldFile = (ctx: CliContext) => join(ctx.home, 'fake-world.json');
+
+export interface FakeRunOpts {
+  onState?: (s: string) => void;
+  fail?: FakeFailure[];
+  imagesFail?: boolean;
+  applyFail?: string[];
+}
+
+export async function fakeHostDeps(ctx: CliContext, opts: FakeRunOpts = {}) {
   const backend = await openBackend(ctx);
+  const counts = `${worldFile(ctx)}.counts`;
+  if (opts.fail) backend.runtime = new FakeRuntime(worldFile(ctx), { fail: opts.fail });
+  if (opts.imagesFail) backend.images = new FakeImages(counts, true);
+  if (opts.applyFail) backend.capabilities = new FakeCapabilities(counts, opts.applyFail);
   const steps = createSteps(stepDeps(ctx, backend, { progress: () => undefined }));
-  return RunHost.start({ home: ctx.home, steps, clock: { now: () => Date.now() }, ...(opts.onState ? { onState: opts.onState } : {}) }, input);
+  return { home: ctx.home, steps, clock: { now: () => Date.now() }, ...(opts.onState ? { onState: opts.onState } : {}) };
+}
+
+export async function startFakeRun(ctx: CliContext, input: BottleInput, opts: FakeRunOpts = {}) {
+  return RunHost.start(await fakeHostDeps(ctx, opts), input);
 }

@@ -1,0 +1,82 @@
+import { describe, expect, it } from 'vitest';
+import { foldLog } from '../../../cli/engine/fold.js';
+import { replayFile } from '../../../cli/engine/replay.js';
+import { readCounts } from '../../../effects/fakes.js';
+import { FakeRuntime } from '../../../effects/fake-runtime.js';
+import { EventLog } from '../../../store/event-log.js';
+import { postCommand } from '../../../store/mailbox.js';
+import { commandsDir, eventsFile } from '../../../store/paths.js';
+import { fakeContext, startFakeRun, testInput, testManifest, worldFile } from '../../support/engine.js';
+
+async function until(check: () => boolean, what: string) {
+  for (let i = 0; i < 500; i++) {
+    if (check()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('commands through the mailbox', () => {
+  it('approve, deny and stop are applied exactly once, also when sent twice', async () => {
+    const ctx = fakeContext();
+    const input = testInput(ctx, testManifest({ agentCommand: ['fake-agent', '--ms', 'forever'], supervise: true }));
+    const states: string[] = [];
+    const host = await startFakeRun(ctx, input, { onState: (s) => states.push(s) });
+    const dir = commandsDir(ctx.home, input.identity, input.runId);
+    const file = eventsFile(ctx.home, input.identity, input.runId);
+    const folded = () => foldLog(EventLog.read(file), file, { fromSnapshot: false }).snapshot;
+    const proposal = (id: string) => folded().context.proposals.find((p) => p.id === id);
+
+    await until(() => states.includes('running'), 'running');
+    const change = { hosts: ['later.test'] };
+    postCommand(dir, { id: 'p1', type: 'propose', proposal: { id: 'prop-1', kind: 'allowlist', reason: 'need it', change } });
+    postCommand(dir, { id: 'p2', type: 'propose', proposal: { id: 'prop-2', kind: 'allowlist', reason: 'also', change } });
+    await until(() => proposal('prop-2')?.status === 'pending', 'two pending proposals');
+    expect(states).toContain('capabilityReview');
+
+    // The same command delivered twice, and a second approval under another id.
+    postCommand(dir, { id: 'a1', type: 'approve', proposal: 'prop-1', by: 'tester' });
+    postCommand(dir, { id: 'a1', type: 'approve', proposal: 'prop-1', by: 'tester' });
+    postCommand(dir, { id: 'a2', type: 'approve', proposal: 'prop-1', by: 'tester' });
+    await until(() => proposal('prop-1')?.status === 'approved', 'prop-1 approved');
+    postCommand(dir, { id: 'd1', type: 'deny', proposal: 'prop-2', by: 'tester', reason: 'no' });
+    postCommand(dir, { id: 'd1', type: 'deny', proposal: 'prop-2', by: 'tester', reason: 'no' });
+    postCommand(dir, { id: 'd2', type: 'approve', proposal: 'prop-2', by: 'tester' });
+    await until(() => proposal('prop-2')?.status === 'denied', 'prop-2 denied');
+    await until(() => states[states.length - 1] === 'running', 'back to running');
+    expect(proposal('prop-2')?.decision?.reason).toBe('no');
+
+    postCommand(dir, { id: 's1', type: 'stop' });
+    postCommand(dir, { id: 's1', type: 'stop' });
+    postCommand(dir, { id: 's2', type: 'stop' });
+    const result = await host.done;
+    expect(result.state).toBe('done');
+
+    const counts = readCounts(`${worldFile(ctx)}.counts`);
+    expect(counts['apply:prop-1']).toBe(1);
+    expect(counts['apply:prop-2']).toBeUndefined();
+    const records = EventLog.read(file);
+    const commandIds = records.filter((r) => r.kind === 'command').map((r) => (r.kind === 'command' ? r.id : ''));
+    expect(commandIds.sort()).toEqual(['a1', 'a2', 'd1', 'd2', 'p1', 'p2', 's1', 's2']);
+    expect(records.filter((r) => r.kind === 'effect.intent' && r.step === 'teardown')).toHaveLength(1);
+    expect(FakeRuntime.read(worldFile(ctx)).containers).toEqual({});
+    expect(replayFile(file).problem).toBeNull();
+  });
+
+  it('a failed apply marks the proposal failed and leaves the bottle running', async () => {
+    const ctx = fakeContext();
+    const input = testInput(ctx, testManifest({ agentCommand: ['fake-agent', '--ms', 'forever'], supervise: true }));
+    const states: string[] = [];
+    const host = await startFakeRun(ctx, input, { onState: (s) => states.push(s), applyFail: ['dockerfile'] });
+    const dir = commandsDir(ctx.home, input.identity, input.runId);
+    const file = eventsFile(ctx.home, input.identity, input.runId);
+    await until(() => states.includes('running'), 'running');
+    postCommand(dir, { id: 'p1', type: 'propose', proposal: { id: 'df-1', kind: 'dockerfile', reason: 'jq', change: { dockerfile: 'FROM x' } } });
+    await until(() => states.includes('capabilityReview'), 'review');
+    postCommand(dir, { id: 'a1', type: 'approve', proposal: 'df-1', by: 'tester' });
+    await until(() => foldLog(EventLog.read(file), file, { fromSnapshot: false }).snapshot.context.proposals[0]?.status === 'failed', 'failed');
+    await until(() => states[states.length - 1] === 'running', 'running again');
+    postCommand(dir, { id: 's1', type: 'stop' });
+    expect((await host.done).state).toBe('done');
+  });
+});
