@@ -1,0 +1,81 @@
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import type { AgentIO } from '../../machines/ports.js';
+
+/**
+ * Splits a non-following `logs` answer into stdout/stderr. Without a TTY Docker frames each
+ * chunk with an 8-byte header (stream type, 3 zero bytes, big-endian length); with a TTY the
+ * bytes are raw, which shows as a first byte that is no stream type.
+ */
+export function demuxBuffer(buf: Buffer): { stdout: Buffer; stderr: Buffer } {
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  let offset = 0;
+  while (offset + 8 <= buf.length) {
+    const type = buf[offset];
+    if ((type !== 0 && type !== 1 && type !== 2) || buf[offset + 1] !== 0 || buf[offset + 2] !== 0 || buf[offset + 3] !== 0) {
+      return offset === 0 ? { stdout: buf, stderr: Buffer.alloc(0) } : { stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
+    }
+    const length = buf.readUInt32BE(offset + 4);
+    const chunk = buf.subarray(offset + 8, offset + 8 + length);
+    (type === 2 ? err : out).push(chunk);
+    offset += 8 + length;
+  }
+  if (offset === 0 && buf.length > 0) return { stdout: buf, stderr: Buffer.alloc(0) };
+  return { stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
+}
+
+/** Both streams of a `logs` answer as text lines, interleaving lost (good enough for a diagnosis). */
+export function logLines(buf: Buffer): string[] {
+  const { stdout, stderr } = demuxBuffer(buf);
+  return `${stdout.toString('utf8')}\n${stderr.toString('utf8')}`
+    .split(/\r?\n/)
+    .filter((line) => line.trim() !== '');
+}
+
+/** Where an attached container's output goes: the caller's streams and the run's log file. */
+export interface OutputSinks {
+  stdout: Writable;
+  stderr: Writable;
+  /** Flushes and closes the log file; the caller's streams stay open. */
+  close(): Promise<void>;
+}
+
+export function openSinks(io: AgentIO | undefined, logFile: string | undefined): OutputSinks {
+  const log: WriteStream | undefined = logFile === undefined ? undefined : createWriteStream(logFile, { flags: 'a', mode: 0o600 });
+  let logError: unknown;
+  log?.on('error', (err) => {
+    logError = err;
+  });
+  const tee = (target: NodeJS.WritableStream | undefined) =>
+    new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        target?.write(chunk);
+        if (log && logError === undefined) log.write(chunk);
+        callback();
+      },
+    });
+  return {
+    stdout: tee(io?.stdout),
+    stderr: tee(io?.stderr),
+    close: async () => {
+      if (!log) return;
+      log.end();
+      await finished(log);
+      if (logError !== undefined) throw logError;
+    },
+  };
+}
+
+/** True when nothing of this container's output has been recorded yet (first attach). */
+export async function isUnrecorded(logFile: string | undefined): Promise<boolean> {
+  if (logFile === undefined) return true;
+  try {
+    return (await stat(logFile)).size === 0;
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return true;
+    throw err;
+  }
+}
