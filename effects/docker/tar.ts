@@ -48,8 +48,10 @@ function header(opts: { name: string; mode: number; size: number; typeflag: stri
 function paxRecord(key: string, value: string): string {
   const rest = ` ${key}=${value}\n`;
   const restLen = Buffer.byteLength(rest);
-  let len = restLen + String(restLen).length;
-  if (String(len).length !== String(len - restLen).length) len += 1;
+  const digits = String(restLen).length;
+  let len = restLen + digits;
+  // Adding the length's own digits can carry it into one more digit (e.g. 98 + 2 = 100).
+  if (String(len).length > digits) len += 1;
   return `${len}${rest}`;
 }
 

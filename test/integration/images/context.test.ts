@@ -1,0 +1,146 @@
+import { execFile } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { buffer } from 'node:stream/consumers';
+import { promisify } from 'node:util';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CONTEXT_DOCKERFILE, collectContext, contentTag, contextTar } from '../../../effects/docker/image-context.js';
+import { dockerignoreLines, ignoreMatcher } from '../../../effects/docker/image-ignore.js';
+import { splitTag } from '../../../effects/docker/images.js';
+
+// Pure parts of the image code (no Docker): ignore rules, content tags, the tar writer.
+
+const run = promisify(execFile);
+const dirs: string[] = [];
+
+async function tempDir(): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'bbt-images-ctx-'));
+  dirs.push(dir);
+  return dir;
+}
+
+async function writeTree(root: string, files: Record<string, string>): Promise<void> {
+  for (const [rel, content] of Object.entries(files)) {
+    await mkdir(path.dirname(path.join(root, rel)), { recursive: true });
+    await writeFile(path.join(root, rel), content);
+  }
+}
+
+afterEach(async () => {
+  await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
+});
+
+describe('ignore rules (.bottleignore, gitignore syntax)', () => {
+  const m = ignoreMatcher(['# comment', '', 'secret.env', '*.log', '!keep.log', 'node_modules/', '/build', 'docs/**/*.pdf', 'a?c']);
+
+  it.each([
+    ['secret.env', false, true],
+    ['deep/er/secret.env', false, true],
+    ['x.log', false, true],
+    ['logs/x.log', false, true],
+    ['keep.log', false, false],
+    ['node_modules', true, true],
+    ['node_modules', false, false],
+    ['pkg/node_modules', true, true],
+    ['build', true, true],
+    ['src/build', true, false],
+    ['docs/a/b/c.pdf', false, true],
+    ['docs/c.pdf', false, true],
+    ['other/c.pdf', false, false],
+    ['abc', false, true],
+    ['abbc', false, false],
+    ['src/main.ts', false, false],
+    ['.git', true, false],
+  ])('%s (dir: %s) ignored: %s', (p, isDir, expected) => {
+    expect(m.ignores(p, isDir)).toBe(expected);
+  });
+
+  it('reads .dockerignore patterns as anchored at the root', () => {
+    const lines = dockerignoreLines('# c\nnode_modules\n./dist/\n!dist/keep\n*.md\n');
+    expect(lines).toEqual(['/node_modules', '/dist', '!/dist/keep', '/*.md']);
+    const d = ignoreMatcher(lines);
+    expect(d.ignores('node_modules', true)).toBe(true);
+    expect(d.ignores('sub/node_modules', true)).toBe(false);
+    expect(d.ignores('README.md', false)).toBe(true);
+    expect(d.ignores('docs/README.md', false)).toBe(false);
+  });
+});
+
+describe('content tags', () => {
+  it('are stable, independent of where the context lives, and follow content, mode, args and Dockerfile', async () => {
+    const a = await tempDir();
+    const b = await tempDir();
+    await writeTree(a, { 'x.txt': 'one', 'sub/y.txt': 'two' });
+    await writeTree(b, { 'x.txt': 'one', 'sub/y.txt': 'two' });
+    const df = 'FROM scratch\n';
+    const tagA = await contentTag('t/r', { dockerfile: df, context: { dir: a } });
+    expect(tagA).toMatch(/^t\/r:[0-9a-f]{16}$/);
+    expect(await contentTag('t/r', { dockerfile: df, context: { dir: a } })).toBe(tagA);
+    expect(await contentTag('t/r', { dockerfile: df, context: { dir: b } })).toBe(tagA);
+
+    await writeFile(path.join(b, 'x.txt'), 'changed');
+    const changed = await contentTag('t/r', { dockerfile: df, context: { dir: b } });
+    expect(changed).not.toBe(tagA);
+
+    await writeFile(path.join(b, 'x.txt'), 'one');
+    expect(await contentTag('t/r', { dockerfile: df, context: { dir: b } })).toBe(tagA);
+    await chmod(path.join(b, 'x.txt'), 0o755);
+    expect(await contentTag('t/r', { dockerfile: df, context: { dir: b } })).not.toBe(tagA);
+    // Group-write or other umask noise does not count: modes are normalised as git does.
+    await chmod(path.join(b, 'x.txt'), 0o664);
+    expect(await contentTag('t/r', { dockerfile: df, context: { dir: b } })).toBe(tagA);
+
+    expect(await contentTag('t/r', { dockerfile: df, buildArgs: { BASE: 'x' }, context: { dir: a } })).not.toBe(tagA);
+    expect(await contentTag('t/r', { dockerfile: 'FROM scratch\nLABEL a=b\n', context: { dir: a } })).not.toBe(tagA);
+    expect(await contentTag('t/r', { dockerfile: df, context: { dir: a, ignore: ['sub/'] } })).not.toBe(tagA);
+  });
+
+  it('keeps symlinks as links and never follows them out of the context', async () => {
+    const dir = await tempDir();
+    await writeTree(dir, { 'a.txt': 'a' });
+    await symlink('/etc/passwd', path.join(dir, 'passwd'));
+    const entries = await collectContext({ dir }, 'FROM scratch\n');
+    expect(entries.find((e) => e.path === 'passwd')).toEqual({ type: 'symlink', path: 'passwd', target: '/etc/passwd' });
+  });
+
+  it('refuses two sources that claim the same path', async () => {
+    const dir = await tempDir();
+    await writeTree(dir, { 'a.txt': 'a' });
+    await expect(collectContext({ sources: [{ dir }, { content: 'b', at: 'a.txt' }] }, 'FROM scratch\n')).rejects.toMatchObject({ code: 'BUILD_FAILED' });
+  });
+});
+
+describe('tar writer', () => {
+  it('writes an archive GNU tar reads, with modes, links, empty dirs and long names', async () => {
+    const dir = await tempDir();
+    const long = `${'deep/'.repeat(30)}file.txt`;
+    await writeTree(dir, { 'run.sh': '#!/bin/sh\n', [long]: 'long' });
+    await chmod(path.join(dir, 'run.sh'), 0o755);
+    await mkdir(path.join(dir, 'empty'));
+    await symlink('run.sh', path.join(dir, 'link'));
+    const entries = await collectContext({ sources: [{ dir, at: 'ctx' }] }, 'FROM scratch\n');
+    const archive = path.join(await tempDir(), 'ctx.tar');
+    await writeFile(archive, await buffer(contextTar(entries)));
+
+    const { stdout } = await run('tar', ['-tvf', archive]);
+    expect(stdout).toMatch(/^-rwxr-xr-x 0\/0 .* ctx\/run\.sh$/m);
+    expect(stdout).toMatch(/^drwxr-xr-x 0\/0 .* ctx\/empty\/$/m);
+    expect(stdout).toMatch(/^lrwxrwxrwx 0\/0 .* ctx\/link -> run\.sh$/m);
+    expect(stdout).toContain(`ctx/${long}`);
+    expect(stdout).toContain(CONTEXT_DOCKERFILE);
+
+    const out = await tempDir();
+    await run('tar', ['-xf', archive, '-C', out]);
+    const { stdout: content } = await run('cat', [path.join(out, 'ctx', long)]);
+    expect(content).toBe('long');
+  });
+});
+
+describe('splitTag', () => {
+  it('tells a registry port from a tag', () => {
+    expect(splitTag('bot-bottle/cwd:abc')).toEqual({ repo: 'bot-bottle/cwd', tag: 'abc' });
+    expect(splitTag('localhost:5000/x')).toEqual({ repo: 'localhost:5000/x', tag: 'latest' });
+    expect(splitTag('localhost:5000/x:1')).toEqual({ repo: 'localhost:5000/x', tag: '1' });
+  });
+});
