@@ -1,9 +1,10 @@
-import { closeSync, fsyncSync, ftruncateSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, fsyncSync, ftruncateSync, openSync, readSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { SyncAdapter } from 'lowdb';
-import { z } from 'zod';
+import type { z } from 'zod';
 import { BottleError } from '../config/errors.js';
-import { errno, fsyncDir, writeAllSync } from './fs-util.js';
+import { parseChecked, zodReason } from './checked-json.js';
+import { errno, fsyncDir, readIfPresent, writeAllSync } from './fs-util.js';
 
 const NEWLINE = 0x0a;
 
@@ -26,22 +27,9 @@ interface Scan<T> {
   missingNewline: boolean;
 }
 
-function parseLine<T>(schema: z.ZodType<T>, file: string, line: number, value: unknown): T {
-  const result = schema.safeParse(value);
-  if (!result.success) throw logCorrupt(file, line, z.prettifyError(result.error).replaceAll('\n', ' '));
-  return result.data;
-}
-
 function scan<T>(file: string, schema: z.ZodType<T>): Scan<T> {
-  let buf: Buffer;
-  try {
-    buf = readFileSync(file);
-  } catch (err) {
-    if (errno(err) === 'ENOENT') {
-      return { records: [], exists: false, goodBytes: 0, torn: false, missingNewline: false };
-    }
-    throw err;
-  }
+  const buf = readIfPresent(file);
+  if (buf === null) return { records: [], exists: false, goodBytes: 0, torn: false, missingNewline: false };
   const records: T[] = [];
   let pos = 0;
   let line = 1;
@@ -51,19 +39,17 @@ function scan<T>(file: string, schema: z.ZodType<T>): Scan<T> {
     const nl = buf.indexOf(NEWLINE, pos);
     const last = nl === -1;
     const end = last ? buf.length : nl;
-    let value: unknown;
-    try {
-      value = JSON.parse(buf.toString('utf8', pos, end));
-    } catch (err) {
+    const parsed = parseChecked(schema, buf.toString('utf8', pos, end));
+    if (!parsed.ok) {
       // Every record is one object written with its newline in one go, so a crash can only
       // leave an unfinished object at the very end; anywhere else it is damage.
-      if (last) {
+      if (last && parsed.notJson) {
         torn = true;
         break;
       }
-      throw logCorrupt(file, line, `not JSON (${(err as Error).message})`);
+      throw logCorrupt(file, line, parsed.reason);
     }
-    records.push(parseLine(schema, file, line, value));
+    records.push(parsed.value);
     pos = last ? buf.length : nl + 1;
     missingNewline = last;
     line++;
@@ -119,10 +105,8 @@ export class JsonlAppendAdapter<T> implements SyncAdapter<T[]> {
       throw new BottleError('INTERNAL', `${this.file}: the log is append-only, but was asked to go from ${this.#persisted} to ${data.length} records`);
     }
     if (data.length === this.#persisted) return;
-    const created = !this.#exists;
     const fd = openSync(this.file, 'a', 0o600);
     try {
-      this.#exists = true;
       if (this.#dirtyTail) {
         ftruncateSync(fd, this.#goodBytes);
         this.#dirtyTail = false;
@@ -142,7 +126,9 @@ export class JsonlAppendAdapter<T> implements SyncAdapter<T[]> {
     } finally {
       closeSync(fd);
     }
-    if (created) fsyncDir(dirname(this.file));
+    // Until then the file's name may not survive a crash even though its lines were fsynced.
+    if (!this.#exists) fsyncDir(dirname(this.file));
+    this.#exists = true;
   }
 
   /** Refuses to write what read() would reject, so a bad record fails its append instead of the next resume. */
@@ -150,7 +136,7 @@ export class JsonlAppendAdapter<T> implements SyncAdapter<T[]> {
     const text = JSON.stringify(record);
     const result = text === undefined ? undefined : this.#schema.safeParse(JSON.parse(text));
     if (!result?.success) {
-      const why = result ? z.prettifyError(result.error).replaceAll('\n', ' ') : 'not serializable';
+      const why = result ? zodReason(result.error) : 'not serializable';
       throw new BottleError('INTERNAL', `${this.file}: refusing to append record ${line}, it would not read back: ${why}`);
     }
     return text as string;
@@ -179,14 +165,9 @@ export function readFirstRecord<T>(file: string, schema: z.ZodType<T>): T | null
       chunks.push(Buffer.from(chunk.subarray(0, nl === -1 ? n : nl)));
       if (nl !== -1) break;
     }
-    const text = Buffer.concat(chunks).toString('utf8');
-    let value: unknown;
-    try {
-      value = JSON.parse(text);
-    } catch (err) {
-      throw logCorrupt(file, 1, `not JSON (${(err as Error).message})`);
-    }
-    return parseLine(schema, file, 1, value);
+    const parsed = parseChecked(schema, Buffer.concat(chunks).toString('utf8'));
+    if (!parsed.ok) throw logCorrupt(file, 1, parsed.reason);
+    return parsed.value;
   } finally {
     closeSync(fd);
   }

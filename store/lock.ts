@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { linkSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
+import { linkSync, mkdirSync, renameSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { z } from 'zod';
 import { BottleError } from '../config/errors.js';
-import { errno, unlinkIfPresent, writeNewFileSync } from './fs-util.js';
+import { parseChecked } from './checked-json.js';
+import { errno, readIfPresent, unlinkIfPresent, writeNewFileSync } from './fs-util.js';
 
 /**
  * One owner per run: runs/<runId>/owner.lock names the process that drives the run.
@@ -55,13 +56,16 @@ interface ProcStat {
 
 /** Linux only; null where /proc does not exist or the process is gone. */
 function procStat(pid: number): ProcStat | null {
-  let text: string;
+  let raw: Buffer | null;
   try {
-    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    raw = readIfPresent(`/proc/${pid}/stat`);
   } catch (err) {
-    if (errno(err) === 'ENOENT' || errno(err) === 'ESRCH') return null;
+    // The process exited between open and read.
+    if (errno(err) === 'ESRCH') return null;
     throw err;
   }
+  if (raw === null) return null;
+  const text = raw.toString('utf8');
   // Field 2 is the command name in parentheses and may itself contain spaces and ')'.
   const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
   const state = fields[0];
@@ -85,22 +89,11 @@ function isAlive(owner: LockOwner, host: string): boolean {
 }
 
 function readOwnerFile(file: string): LockOwner | null {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    if (errno(err) === 'ENOENT') return null;
-    throw err;
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw unreadableLock(file, (err as Error).message);
-  }
-  const result = LockOwnerSchema.safeParse(value);
-  if (!result.success) throw unreadableLock(file, z.prettifyError(result.error).replaceAll('\n', ' '));
-  return result.data;
+  const raw = readIfPresent(file);
+  if (raw === null) return null;
+  const parsed = parseChecked(LockOwnerSchema, raw.toString('utf8'));
+  if (!parsed.ok) throw unreadableLock(file, parsed.reason);
+  return parsed.value;
 }
 
 function unreadableLock(file: string, why: string): BottleError {
@@ -140,6 +133,8 @@ function takeOver(file: string, stale: LockOwner, mine: string, host: string): b
     const token = `${file}.takeover-${stale.token}-${k}`;
     tokens.push(token);
     if (linkExclusive(mine, token)) break;
+    // A token that vanished was cleaned up after its holder replaced `stale` (or found it
+    // gone): the check below sees that. One whose holder died is stepped over.
     const holder = readOwnerFile(token);
     if (holder !== null && isAlive(holder, host)) return false;
   }

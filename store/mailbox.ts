@@ -1,8 +1,9 @@
-import { type FSWatcher, mkdirSync, readdirSync, readFileSync, renameSync, watch } from 'node:fs';
+import { type FSWatcher, mkdirSync, readFileSync, renameSync, watch } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { BottleError } from '../config/errors.js';
-import { errno, unlinkIfPresent, writeFileAtomicSync } from './fs-util.js';
+import { parseChecked, zodReason } from './checked-json.js';
+import { errno, readdirIfPresent, unlinkIfPresent, writeFileAtomicSync } from './fs-util.js';
 
 /**
  * A run's mailbox (runs/<runId>/commands/): how `bottle approve|deny|stop` reach the process
@@ -34,9 +35,9 @@ export interface PendingCommands {
 
 /** Publishes `cmd` in the mailbox `dir` and returns its path. */
 export function postCommand(dir: string, cmd: MailboxCommand, opts: { now?: number } = {}): string {
-  if (!ID.test(cmd.id)) {
-    throw new BottleError('INTERNAL', `command id ${JSON.stringify(cmd.id)} is not usable in a file name (letters, digits, _ and - only)`);
-  }
+  // Never post what pendingCommands would report as malformed; the id becomes part of a file name.
+  const checked = MailboxCommandSchema.safeParse(cmd);
+  if (!checked.success) throw new BottleError('INTERNAL', `not a mailbox command: ${zodReason(checked.error)}`);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const time = String(opts.now ?? Date.now()).padStart(15, '0');
   const path = join(dir, `${time}-${cmd.id}.json`);
@@ -46,28 +47,14 @@ export function postCommand(dir: string, cmd: MailboxCommand, opts: { now?: numb
 
 /** Temp files (dot-prefixed) are someone's post in progress; quarantined files were reported already. */
 function entries(dir: string): string[] {
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch (err) {
-    if (errno(err) === 'ENOENT') return [];
-    throw err;
-  }
-  return names.filter((n) => !n.startsWith('.') && !n.endsWith(QUARANTINED)).sort();
+  return readdirIfPresent(dir).filter((n) => !n.startsWith('.') && !n.endsWith(QUARANTINED)).sort();
 }
 
 function parseCommand(dir: string, name: string, id: string): MailboxCommand | string {
-  const text = readFileSync(join(dir, name), 'utf8');
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    return `not JSON (${(err as Error).message})`;
-  }
-  const result = MailboxCommandSchema.safeParse(value);
-  if (!result.success) return z.prettifyError(result.error).replaceAll('\n', ' ');
-  if (result.data.id !== id) return `its id ${JSON.stringify(result.data.id)} does not match the file name`;
-  return result.data;
+  const parsed = parseChecked(MailboxCommandSchema, readFileSync(join(dir, name), 'utf8'));
+  if (!parsed.ok) return parsed.reason;
+  if (parsed.value.id !== id) return `its id ${JSON.stringify(parsed.value.id)} does not match the file name`;
+  return parsed.value;
 }
 
 /** Commands waiting in `dir`, oldest first. */

@@ -1,9 +1,10 @@
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { LowSync, type SyncAdapter } from 'lowdb';
 import { z } from 'zod';
 import { BottleError, type ErrorData } from '../config/errors.js';
-import { errno, writeFileAtomicSync } from './fs-util.js';
+import { parseChecked, zodReason } from './checked-json.js';
+import { errno, readIfPresent, writeFileAtomicSync } from './fs-util.js';
 import { readFirstRecord } from './jsonl-adapter.js';
 import { bottlesDir, eventsFile, isSegment, runsDir, stateFile } from './paths.js';
 import { ErrorDataSchema, RecordSchema } from './records.js';
@@ -42,28 +43,17 @@ export class JsonDocAdapter<T> implements SyncAdapter<T> {
   }
 
   read(): T | null {
-    let text: string;
-    try {
-      text = readFileSync(this.file, 'utf8');
-    } catch (err) {
-      if (errno(err) === 'ENOENT') return null;
-      throw err;
-    }
-    let value: unknown;
-    try {
-      value = JSON.parse(text);
-    } catch (err) {
-      throw corruptDoc(this.file, `not JSON (${(err as Error).message})`);
-    }
-    const result = this.#schema.safeParse(value);
-    if (!result.success) throw corruptDoc(this.file, z.prettifyError(result.error).replaceAll('\n', ' '));
-    return result.data;
+    const raw = readIfPresent(this.file);
+    if (raw === null) return null;
+    const parsed = parseChecked(this.#schema, raw.toString('utf8'));
+    if (!parsed.ok) throw corruptDoc(this.file, parsed.reason);
+    return parsed.value;
   }
 
   write(data: T): void {
     const result = this.#schema.safeParse(data);
     if (!result.success) {
-      throw new BottleError('INTERNAL', `${this.file}: refusing to write an invalid document: ${z.prettifyError(result.error).replaceAll('\n', ' ')}`);
+      throw new BottleError('INTERNAL', `${this.file}: refusing to write an invalid document: ${zodReason(result.error)}`);
     }
     mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
     writeFileAtomicSync(this.file, `${JSON.stringify(result.data, null, 2)}\n`);

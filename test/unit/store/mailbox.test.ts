@@ -64,8 +64,10 @@ describe('mailbox', () => {
     expect(() => ackCommand(box(), 'x')).not.toThrow();
   });
 
-  it('refuses an id that cannot be part of a file name', () => {
-    expect(() => postCommand(box(), { id: '../x', type: 'stop' })).toThrow(/not usable in a file name/);
+  it('refuses to post what it would not read back: an id unfit for a file name, no type', () => {
+    expect(() => postCommand(box(), { id: '../x', type: 'stop' })).toThrow(expect.objectContaining({ code: 'INTERNAL', message: expect.stringContaining('id') }));
+    expect(() => postCommand(box(), { id: 'c1', type: '' })).toThrow(expect.objectContaining({ code: 'INTERNAL', message: expect.stringContaining('type') }));
+    expect(readdirSync(tmp())).toEqual([]);
   });
 });
 
