@@ -33,6 +33,14 @@ export interface DockerodeRuntimeOptions {
   logTail?: number;
 }
 
+/**
+ * Docker before 25 gives containers on an internal network a default route to a gateway
+ * address that the host holds on the bridge; the host's own services (INPUT chain) are then
+ * reachable from the bottle (moby/libnetwork#1151). Without an address on the bridge the
+ * gateway is nobody, and the only peers are the containers on the network.
+ */
+const INHIBIT_IPV4 = 'com.docker.network.bridge.inhibit_ipv4';
+
 type ContainerState = ContainerInfo['state'];
 const STATES: readonly ContainerState[] = ['created', 'running', 'exited', 'dead', 'paused', 'restarting', 'removing'];
 
@@ -62,7 +70,8 @@ export class DockerodeRuntime implements ContainerRuntime {
   }
 
   async existingContainers(names: string[], signal?: AbortSignal): Promise<string[]> {
-    const found = await Promise.all(names.map(async (name) => ((await this.inspectRaw(name, signal)) ? name : null)));
+    // The daemon also resolves ID prefixes; only a container of exactly that name counts.
+    const found = await Promise.all(names.map(async (name) => ((await this.inspectRaw(name, signal))?.Name === `/${name}` ? name : null)));
     return found.filter((name): name is string => name !== null);
   }
 
@@ -89,6 +98,7 @@ export class DockerodeRuntime implements ContainerRuntime {
         Driver: 'bridge',
         Internal: spec.internal,
         Labels: spec.labels,
+        ...(spec.internal ? { Options: { [INHIBIT_IPV4]: 'true' } } : {}),
         // Without it Docker happily creates a second network of the same name.
         CheckDuplicate: true,
         abortSignal: signal,
@@ -122,22 +132,7 @@ export class DockerodeRuntime implements ContainerRuntime {
     const fileEnv = spec.envFile === undefined ? {} : await readEnvFile(spec.envFile, signal);
     const body = createBody(spec, envList(fileEnv, spec.env));
 
-    let id: string;
-    let created: boolean;
-    let state: string;
-    try {
-      // dockerode serializes its whole options object into the query string unless given
-      // `_query`/`_body`: Env values would end up in the request URL (and dockerd's debug log).
-      const options = { _query: { name: spec.name }, _body: body, abortSignal: signal } as unknown as Docker.ContainerCreateOptions;
-      const container = await this.docker.createContainer(options);
-      ({ id, created, state } = { id: container.id, created: true, state: 'created' });
-    } catch (err) {
-      if (statusOf(err) !== 409 || signal?.aborted) throw this.fail(err, { op: 'create container', object: spec.name }, signal);
-      const existing = await this.inspectRaw(spec.name, signal);
-      if (!existing) throw this.fail(err, { op: 'create container', object: spec.name }, signal);
-      assertSameRun(spec, existing);
-      ({ id, created, state } = { id: existing.Id, created: false, state: existing.State.Status });
-    }
+    const { id, created, state } = await this.createOrAdopt(spec, body, signal);
     // An earlier attempt may have died between create and start: finish its work.
     await this.connectNetworks(id, spec, signal);
     if (state === 'created') await this.copyIn(id, spec, signal);
@@ -175,7 +170,7 @@ export class DockerodeRuntime implements ContainerRuntime {
           `See \`docker logs ${name}\`; fix the cause and run the bottle again.`,
         );
       }
-      await delay(Math.min(this.pollMs, remaining), undefined, { signal });
+      await sleep(Math.min(this.pollMs, remaining), signal);
     }
   }
 
@@ -266,6 +261,27 @@ export class DockerodeRuntime implements ContainerRuntime {
 
   // ---- containers: create-time helpers ----
 
+  private async createOrAdopt(
+    spec: ContainerSpec,
+    body: Docker.ContainerCreateOptions,
+    signal: AbortSignal | undefined,
+  ): Promise<{ id: string; created: boolean; state: string }> {
+    const ctx = { op: 'create container', object: spec.name };
+    try {
+      // dockerode serializes its whole options object into the query string unless given
+      // `_query`/`_body`: Env values would end up in the request URL (and dockerd's debug log).
+      const options = { _query: { name: spec.name }, _body: body, abortSignal: signal } as unknown as Docker.ContainerCreateOptions;
+      const container = await this.docker.createContainer(options);
+      return { id: container.id, created: true, state: 'created' };
+    } catch (err) {
+      if (statusOf(err) !== 409 || signal?.aborted) throw this.fail(err, ctx, signal);
+      const existing = await this.inspectRaw(spec.name, signal);
+      if (!existing) throw this.fail(err, ctx, signal);
+      assertSameRun(spec, existing);
+      return { id: existing.Id, created: false, state: existing.State.Status };
+    }
+  }
+
   private async connectNetworks(id: string, spec: ContainerSpec, signal: AbortSignal | undefined): Promise<void> {
     if (spec.networks.length <= 1) return;
     const info = await this.call({ op: 'inspect container', object: spec.name }, signal, () => this.docker.getContainer(id).inspect({ abortSignal: signal }));
@@ -347,7 +363,7 @@ export class DockerodeRuntime implements ContainerRuntime {
       const exitCode = await this.exitCode(container, name, signal);
       // The exit can overtake the last output still in flight; let the stream deliver it.
       // When the container exited before our attach, the stream never ends on its own.
-      await Promise.race([ended, delay(this.drainMs, undefined, signal ? { signal } : {})]);
+      await Promise.race([ended, sleep(this.drainMs, signal)]);
       return { exitCode };
     } finally {
       unsubscribeResize?.();
@@ -475,6 +491,16 @@ export class DockerodeRuntime implements ContainerRuntime {
   }
 }
 
+/** A pause that ends early with the caller's abort reason (timers/promises would give its own AbortError). */
+async function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  try {
+    await delay(ms, undefined, signal ? { signal } : {});
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason;
+    throw err;
+  }
+}
+
 function labelFilter(labels: Labels): string[] {
   const entries = Object.entries(labels);
   // An empty filter matches every object on the daemon; cleanup by label must never see that.
@@ -524,6 +550,13 @@ function adoptableNetwork(existing: Docker.NetworkInspectInfo, spec: NetworkSpec
     throw new BottleError(
       'NAME_CONFLICT',
       `network ${spec.name} exists but is ${existing.Internal ? 'internal' : 'not internal'}, and this bottle needs it ${spec.internal ? 'internal' : 'with a route out'}`,
+      `Run \`bottle cleanup\`, or \`docker network rm ${spec.name}\`, then run the bottle again.`,
+    );
+  }
+  if (spec.internal && existing.Options?.[INHIBIT_IPV4] !== 'true') {
+    throw new BottleError(
+      'NAME_CONFLICT',
+      `network ${spec.name} exists but gives the host an address on it, so a bottle could reach the host's services`,
       `Run \`bottle cleanup\`, or \`docker network rm ${spec.name}\`, then run the bottle again.`,
     );
   }

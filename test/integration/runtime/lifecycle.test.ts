@@ -84,17 +84,20 @@ describe('DockerodeRuntime lifecycle', () => {
   it('copies files in before start with the given mode and owner', async () => {
     const prompt = join(dir, 'prompt.txt');
     await writeFile(prompt, 'do the thing\n', { mode: 0o600 });
+    // Longer than ustar's 100-byte name field: exercises the prefix split.
+    const longPath = `/opt/${'deep/'.repeat(25)}file.txt`;
     const s = spec({
       user: 'nobody',
       copyIn: [
         { hostPath: prompt, containerPath: '/run/bottle/prompt', mode: 0o600 },
         { hostPath: prompt, containerPath: '/etc/bottle/config', mode: 0o640, uid: 0, gid: 0 },
+        { hostPath: prompt, containerPath: longPath, mode: 0o400, uid: 65534, gid: 65534 },
       ],
     });
     await rt.ensureContainer(s);
     await rt.startContainer(s.name);
-    const { stdout } = await execIn(s.name, ['bash', '-c', 'stat -c "%a %U %n" /run/bottle/prompt /etc/bottle/config; cat /run/bottle/prompt']);
-    expect(stdout).toBe('600 nobody /run/bottle/prompt\n640 root /etc/bottle/config\ndo the thing\n');
+    const { stdout } = await execIn(s.name, ['bash', '-c', 'stat -c "%a %U %n" "$@"; cat /run/bottle/prompt', 'stat', '/run/bottle/prompt', '/etc/bottle/config', longPath]);
+    expect(stdout).toBe(`600 nobody /run/bottle/prompt\n640 root /etc/bottle/config\n400 nobody ${longPath}\ndo the thing\n`);
   });
 
   it('ensure* is idempotent: a second call adopts (created: false)', async () => {
