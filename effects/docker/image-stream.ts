@@ -1,3 +1,5 @@
+import { StringDecoder } from 'node:string_decoder';
+
 /**
  * The JSON-lines progress streams of build, pull and import. The daemon answers 200
  * and reports a failure as an `errorDetail` line inside the stream, so a stream must
@@ -25,11 +27,14 @@ export interface StreamOutcome {
   imageId: string | null;
   /** The last "Step n/m : ..." line seen before the error (or the end). */
   step: string | null;
-  /** The last few output lines, for error messages. */
+  /** The last few output lines of the current step, for error messages. */
   tail: string[];
 }
 
 const TAIL = 12;
+
+// Classic-builder bookkeeping: kept out of the user's progress (the step lines say enough).
+const NOISE = /^(?: ---> Running in [0-9a-f]+|Removing intermediate container [0-9a-f]+| ---> [0-9a-f]{12})$/;
 
 // Colour codes the daemon forwards from RUN output (stderr is wrapped in \x1b[91m).
 const ANSI = new RegExp(`${String.fromCharCode(0x1b)}\\[[0-9;]*[A-Za-z]`, 'g');
@@ -41,17 +46,37 @@ const ANSI = new RegExp(`${String.fromCharCode(0x1b)}\\[[0-9;]*[A-Za-z]`, 'g');
 export function readProgressStream(stream: NodeJS.ReadableStream, progress: (line: string) => void): Promise<StreamOutcome> {
   const outcome: StreamOutcome = { error: null, imageId: null, step: null, tail: [] };
   let pending = '';
+  // A chunk boundary can fall inside a multi-byte character.
+  const decoder = new StringDecoder('utf8');
   const lastStatus = new Map<string, string>();
 
-  const emit = (text: string) => {
-    for (const raw of text.replace(ANSI, '').split('\n')) {
-      const line = raw.replace(/\r/g, '').trimEnd();
-      if (line === '') continue;
-      if (/^Step \d+\/\d+ : /.test(line)) outcome.step = line;
+  // `stream` messages are chunks of output, not lines (apt prints "E: " and the reason
+  // separately): text is gathered here until a newline completes the line.
+  let partial = '';
+  const emitLine = (raw: string) => {
+    const line = raw.replace(/\r/g, '').trimEnd();
+    if (line === '' || NOISE.test(line)) return;
+    if (/^Step \d+\/\d+ : /.test(line)) {
+      outcome.step = line;
+      outcome.tail = [];
+    } else {
       outcome.tail.push(line);
       if (outcome.tail.length > TAIL) outcome.tail.shift();
-      progress(line);
     }
+    progress(line);
+  };
+  const emitChunk = (text: string) => {
+    const lines = (partial + text.replace(ANSI, '')).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) emitLine(line);
+  };
+  const flush = () => {
+    if (partial !== '') emitLine(partial);
+    partial = '';
+  };
+  const emit = (line: string) => {
+    flush();
+    emitLine(line.replace(ANSI, ''));
   };
 
   const handle = (line: string) => {
@@ -69,7 +94,7 @@ export function readProgressStream(stream: NodeJS.ReadableStream, progress: (lin
       emit(text);
       return;
     }
-    if (typeof msg.stream === 'string') emit(msg.stream);
+    if (typeof msg.stream === 'string') emitChunk(msg.stream);
     if (msg.aux?.ID) outcome.imageId = msg.aux.ID;
     if (typeof msg.status === 'string') {
       // Pull/import repeat a status per layer with a progress bar; report each change once.
@@ -85,7 +110,7 @@ export function readProgressStream(stream: NodeJS.ReadableStream, progress: (lin
 
   return new Promise((resolve, reject) => {
     stream.on('data', (chunk: Buffer | string) => {
-      pending += typeof chunk === 'string' ? chunk : chunk.toString('utf8');
+      pending += typeof chunk === 'string' ? chunk : decoder.write(chunk);
       let nl = pending.indexOf('\n');
       while (nl !== -1) {
         handle(pending.slice(0, nl));
@@ -94,7 +119,8 @@ export function readProgressStream(stream: NodeJS.ReadableStream, progress: (lin
       }
     });
     stream.on('end', () => {
-      handle(pending);
+      handle(pending + decoder.end());
+      flush();
       resolve(outcome);
     });
     stream.on('error', reject);

@@ -100,7 +100,7 @@ export function splitTag(ref: string): { repo: string; tag: string } {
 
 function buildFailed(tag: string, outcome: StreamOutcome): BottleError {
   const where = outcome.step ? ` at "${outcome.step}"` : '';
-  const output = outcome.tail.filter((l) => l !== outcome.error && !l.startsWith(' ---> ') && l !== outcome.step).slice(-5);
+  const output = outcome.tail.filter((l) => l !== outcome.error).slice(-5);
   const last = output.length > 0 ? `\nlast output:\n  ${output.join('\n  ')}` : '';
   return new BottleError(
     'BUILD_FAILED',

@@ -11,6 +11,7 @@ const builder = new DockerodeImageBuilder(docker);
 const REPO = 'bot-bottle-test/build';
 let images: TestImages;
 const dirs: string[] = [];
+const noProgress = (_line: string): void => undefined;
 
 beforeAll(async () => {
   images = await ensureTestImages();
@@ -32,7 +33,7 @@ async function context(files: Record<string, string>): Promise<string> {
   return dir;
 }
 
-const DOCKERFILE = 'ARG BASE\nFROM ${BASE}\nCOPY greeting.txt run.sh /opt/\n';
+const DOCKERFILE = 'ARG BASE\nFROM $BASE\nCOPY greeting.txt run.sh /opt/\n';
 
 async function spec(dir: string, dockerfile = DOCKERFILE) {
   const buildArgs = { BASE: images.base };
@@ -58,7 +59,7 @@ describe('DockerodeImageBuilder', () => {
     await writeFile(path.join(dir, 'greeting.txt'), 'bonjour\n');
     const changed = await spec(dir);
     expect(changed.tag).not.toBe(first.tag);
-    expect(await builder.ensureImage(changed, () => {})).toEqual({ tag: changed.tag, built: true });
+    expect(await builder.ensureImage(changed, noProgress)).toEqual({ tag: changed.tag, built: true });
 
     const res = await runInImage(docker, changed.tag, ['sh', '-c', 'cat /opt/greeting.txt; /opt/run.sh; stat -c %a /opt/run.sh']);
     expect(res.stdout).toBe('bonjour\nrun\n755\n');
@@ -67,18 +68,18 @@ describe('DockerodeImageBuilder', () => {
   });
 
   it('builds from inline files (the port form) and hides the Dockerfile from COPY', async () => {
-    const dockerfile = 'ARG BASE\nFROM ${BASE}\nCOPY . /ctx/\n';
+    const dockerfile = 'ARG BASE\nFROM $BASE\nCOPY . /ctx/\n';
     const buildArgs = { BASE: images.base };
     const files = { 'inline.txt': 'inline content', 'sub/x.txt': 'x' };
     const tag = await contentTag(REPO, { dockerfile, buildArgs, context: { files } });
-    expect(await builder.ensureImage({ tag, dockerfile, buildArgs, context: { files }, labels: { ...TEST_LABEL } }, () => {})).toEqual({ tag, built: true });
+    expect(await builder.ensureImage({ tag, dockerfile, buildArgs, context: { files }, labels: { ...TEST_LABEL } }, noProgress)).toEqual({ tag, built: true });
     const res = await runInImage(docker, tag, ['sh', '-c', 'cd /ctx && find . | sort && cat inline.txt']);
     expect(res.stdout).toBe('.\n./inline.txt\n./sub\n./sub/x.txt\ninline content');
   });
 
   it('reads the stream to the end and reports a failing RUN as BUILD_FAILED naming the step', async () => {
     const dir = await context({ 'greeting.txt': 'x', 'run.sh': 'x' });
-    const dockerfile = 'ARG BASE\nFROM ${BASE}\nRUN echo about to fail >&2 && exit 3\n';
+    const dockerfile = 'ARG BASE\nFROM $BASE\nRUN echo about to fail >&2 && exit 3\n';
     const failing = await spec(dir, dockerfile);
     const lines: string[] = [];
     const err = await builder.ensureImage(failing, (l) => lines.push(l)).catch((e: unknown) => e);
@@ -95,7 +96,7 @@ describe('DockerodeImageBuilder', () => {
 
   it('reports a COPY of a missing file (an error with no failing command) as BUILD_FAILED', async () => {
     const dir = await context({ 'greeting.txt': 'x', 'run.sh': 'x' });
-    const failing = await spec(dir, 'ARG BASE\nFROM ${BASE}\nCOPY missing.txt /opt/\n');
-    await expect(builder.ensureImage(failing, () => {})).rejects.toMatchObject({ code: 'BUILD_FAILED', message: expect.stringContaining('COPY missing.txt') });
+    const failing = await spec(dir, 'ARG BASE\nFROM $BASE\nCOPY missing.txt /opt/\n');
+    await expect(builder.ensureImage(failing, noProgress)).rejects.toMatchObject({ code: 'BUILD_FAILED', message: expect.stringContaining('COPY missing.txt') });
   });
 });

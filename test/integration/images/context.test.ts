@@ -2,11 +2,13 @@ import { execFile } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CONTEXT_DOCKERFILE, collectContext, contentTag, contextTar } from '../../../effects/docker/image-context.js';
 import { dockerignoreLines, ignoreMatcher } from '../../../effects/docker/image-ignore.js';
+import { readProgressStream } from '../../../effects/docker/image-stream.js';
 import { splitTag } from '../../../effects/docker/images.js';
 
 // Pure parts of the image code (no Docker): ignore rules, content tags, the tar writer.
@@ -142,5 +144,34 @@ describe('splitTag', () => {
     expect(splitTag('bot-bottle/cwd:abc')).toEqual({ repo: 'bot-bottle/cwd', tag: 'abc' });
     expect(splitTag('localhost:5000/x')).toEqual({ repo: 'localhost:5000/x', tag: 'latest' });
     expect(splitTag('localhost:5000/x:1')).toEqual({ repo: 'localhost:5000/x', tag: '1' });
+  });
+});
+
+describe('progress stream reader', () => {
+  it('joins chunked output into lines, keeps the failing step, and reads on to the end', async () => {
+    const messages = [
+      { stream: 'Step 1/2 : FROM x\n' },
+      { stream: ' ---> Running in 0123456789ab\n' },
+      { stream: 'Step 2/2 : RUN apt-get install nope\n' },
+      { stream: '\u001b[91mE: \u001b[0m' },
+      { stream: '\u001b[91mUnable to locate package nope\n\u001b[0m' },
+      { errorDetail: { message: 'returned a non-zero code: 100' }, error: 'returned a non-zero code: 100' },
+      { stream: 'after the error\n' },
+    ];
+    const text = messages.map((m) => `${JSON.stringify(m)}\r\n`).join('');
+    // Cut the byte stream at awkward places, including inside JSON documents.
+    const chunks = [text.slice(0, 7), text.slice(7, 60), text.slice(60, 61), text.slice(61)].map((c) => Buffer.from(c));
+    const lines: string[] = [];
+    const outcome = await readProgressStream(Readable.from(chunks), (l) => lines.push(l));
+    expect(lines).toEqual([
+      'Step 1/2 : FROM x',
+      'Step 2/2 : RUN apt-get install nope',
+      'E: Unable to locate package nope',
+      'returned a non-zero code: 100',
+      'after the error',
+    ]);
+    expect(outcome.error).toBe('returned a non-zero code: 100');
+    expect(outcome.step).toBe('Step 2/2 : RUN apt-get install nope');
+    expect(outcome.tail).toContain('E: Unable to locate package nope');
   });
 });

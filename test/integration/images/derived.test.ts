@@ -11,6 +11,7 @@ const docker = createDockerClient();
 const builder = new DockerodeImageBuilder(docker);
 let images: TestImages;
 const dirs: string[] = [];
+const noProgress = (_line: string): void => undefined;
 
 beforeAll(async () => {
   images = await ensureTestImages();
@@ -102,12 +103,12 @@ describe('the --cwd image', () => {
   });
 
   it('builds a per-bottle Dockerfile FROM the agent image with no host files', async () => {
-    const state = await tree({ Dockerfile: 'ARG AGENT_IMAGE\nFROM ${AGENT_IMAGE}\nUSER root\nRUN echo approved > /etc/bottle-change\nUSER agent\n' });
+    const state = await tree({ Dockerfile: 'ARG AGENT_IMAGE\nFROM $AGENT_IMAGE\nUSER root\nRUN echo approved > /etc/bottle-change\nUSER agent\n' });
     const plan = await imageBuildPlan({ repoRoot: REPO_ROOT, base: images.base, perBottleDockerfile: path.join(state, 'Dockerfile'), labels: { ...TEST_LABEL } });
     expect(plan.images.map((i) => i.role)).toEqual(['base', 'agent', 'sidecar', 'bottle']);
     expect(plan.agent).toMatch(/^bot-bottle\/bottle:[0-9a-f]{16}$/);
     expect(plan.runtime).toBe(plan.agent);
-    await buildImages(plan, builder, () => {});
+    await buildImages(plan, builder, noProgress);
     const res = await runInImage(docker, plan.runtime, ['sh', '-c', 'cat /etc/bottle-change; id -u']);
     expect(res.stdout).toBe('approved\n1000\n');
   });
@@ -122,6 +123,6 @@ describe('the --cwd image', () => {
 
   it('checks that an image it does not build exists, and never lets the daemon pull a parent', async () => {
     const plan = await imageBuildPlan({ repoRoot: REPO_ROOT, base: 'bot-bottle-test/missing:base', agentRef: 'bot-bottle-test/missing:agent' });
-    await expect(buildImages(plan, builder, () => {})).rejects.toMatchObject({ code: 'IMAGE_MISSING', message: expect.stringContaining('bot-bottle-test/missing:base') });
+    await expect(buildImages(plan, builder, noProgress)).rejects.toMatchObject({ code: 'IMAGE_MISSING', message: expect.stringContaining('bot-bottle-test/missing:base') });
   });
 });
