@@ -7,6 +7,8 @@ export interface DockerClientOptions {
    * `ssh://user@host`), read by cli/ or config/. Unset means the local daemon socket.
    */
   dockerHost?: string;
+  /** Client certificate material for a TLS endpoint (what DOCKER_CERT_PATH holds), read by the caller. */
+  tls?: { ca?: string | Buffer; cert?: string | Buffer; key?: string | Buffer };
 }
 
 export const DEFAULT_SOCKET = '/var/run/docker.sock';
@@ -16,7 +18,12 @@ export const DEFAULT_SOCKET = '/var/run/docker.sock';
  * builds its own from explicit options, so nothing in the engine depends on hidden state.
  */
 export function createDockerClient(options: DockerClientOptions = {}): Docker {
-  return new Docker(endpointOptions(options.dockerHost));
+  const endpoint = endpointOptions(options.dockerHost);
+  const tls = options.tls;
+  if (tls && endpoint.protocol !== 'ssh' && endpoint.host !== undefined) {
+    return new Docker({ ...endpoint, protocol: 'https', ca: tls.ca, cert: tls.cert, key: tls.key });
+  }
+  return new Docker(endpoint);
 }
 
 /**
@@ -38,18 +45,22 @@ function endpointOptions(dockerHost: string | undefined): Docker.DockerOptions {
   if (dockerHost.startsWith('unix://')) return { ...cleared, socketPath: dockerHost.slice('unix://'.length) || DEFAULT_SOCKET };
   if (dockerHost.startsWith('/')) return { ...cleared, socketPath: dockerHost };
 
-  const url = new URL(dockerHost.includes('://') ? dockerHost : `tcp://${dockerHost}`);
+  const text = dockerHost.includes('://') ? dockerHost : `tcp://${dockerHost}`;
+  if (!URL.canParse(text)) throw unusable(dockerHost, 'it is not a URL');
+  const url = new URL(text);
   const scheme = url.protocol.replace(/:$/, '');
   if (scheme === 'ssh') {
     return { ...cleared, protocol: 'ssh', host: url.hostname, port: url.port || 22, username: url.username || undefined };
   }
   const https = scheme === 'https' || url.port === '2376';
-  if (scheme !== 'tcp' && scheme !== 'http' && scheme !== 'https') {
-    throw new BottleError(
-      'USAGE',
-      `DOCKER_HOST '${dockerHost}' has an unsupported scheme '${scheme}'`,
-      'Set DOCKER_HOST to unix:///var/run/docker.sock, tcp://HOST:PORT or ssh://USER@HOST, or unset it.',
-    );
-  }
+  if (scheme !== 'tcp' && scheme !== 'http' && scheme !== 'https') throw unusable(dockerHost, `the scheme '${scheme}' is not supported`);
   return { ...cleared, protocol: https ? 'https' : 'http', host: url.hostname, port: url.port || (https ? 2376 : 2375) };
+}
+
+function unusable(dockerHost: string, why: string): BottleError {
+  return new BottleError(
+    'USAGE',
+    `DOCKER_HOST '${dockerHost}' cannot be used: ${why}`,
+    'Set DOCKER_HOST to unix:///var/run/docker.sock, tcp://HOST:PORT or ssh://USER@HOST, or unset it.',
+  );
 }

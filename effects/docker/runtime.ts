@@ -304,7 +304,11 @@ export class DockerodeRuntime implements ContainerRuntime {
     for (const file of spec.copyIn ?? []) {
       const [body, meta] = await Promise.all([readFile(file.hostPath, signal ? { signal } : {}), stat(file.hostPath)]).catch((err: unknown) => {
         if (signal?.aborted) throw signal.reason;
-        throw new BottleError('SECRET_UNREADABLE', `cannot read ${file.hostPath} to copy into container ${spec.name}: ${String((err as { code?: unknown }).code ?? err)}`);
+        throw new BottleError(
+          'SECRET_UNREADABLE',
+          `cannot read ${file.hostPath} to copy into container ${spec.name}: ${String((err as { code?: unknown }).code ?? err)}`,
+          'The file is staged for each run; run the bottle again, and check that BOTTLE_HOME is readable.',
+        );
       });
       const owned = file.uid !== undefined || file.gid !== undefined;
       const archive = tarFiles([
@@ -353,11 +357,8 @@ export class DockerodeRuntime implements ContainerRuntime {
       if (info.State.Status === 'created') await this.startContainer(name, signal);
       const size = tty ? opts.io?.tty : undefined;
       if (size) {
-        await this.resize(container, name, size, signal);
-        unsubscribeResize = size.onResize((next) => {
-          // A resize that races the container's exit fails; the size no longer matters then.
-          this.resize(container, name, next, signal).catch((err: unknown) => err);
-        });
+        await this.resize(container, size, signal);
+        unsubscribeResize = size.onResize((next) => void this.resize(container, next, signal));
       }
 
       const exitCode = await this.exitCode(container, name, signal);
@@ -373,9 +374,16 @@ export class DockerodeRuntime implements ContainerRuntime {
     }
   }
 
-  private async resize(container: Docker.Container, name: string, size: { columns: number; rows: number }, signal: AbortSignal | undefined): Promise<void> {
-    await this.call({ op: 'resize the terminal of container', object: name }, signal, () =>
-      container.resize({ h: size.rows, w: size.columns, abortSignal: signal }),
+  /**
+   * Best effort by design: a resize that races the container's exit is refused by the daemon,
+   * and a lost resize only changes the layout. Real trouble with the daemon surfaces from the
+   * wait that runs alongside, so a failure here is dropped, not thrown.
+   */
+  private async resize(container: Docker.Container, size: { columns: number; rows: number }, signal: AbortSignal | undefined): Promise<boolean> {
+    if (signal?.aborted) return false;
+    return container.resize({ h: size.rows, w: size.columns, abortSignal: signal }).then(
+      () => true,
+      () => false,
     );
   }
 
