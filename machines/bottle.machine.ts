@@ -64,6 +64,7 @@ export interface BottleContext {
   commandsSeen: string[];
   proposals: Proposal[];
   orphans: LabelledObject[];
+  outputBytes: number;
 }
 
 /** An effect's failure as plain data; `created` lists what it made before failing. */
@@ -79,7 +80,9 @@ export type BottleEvent =
       at: number;
     }
   | { type: 'proposal.approve'; commandId: string; id: string; by: string; secretRef?: string; at: number }
-  | { type: 'proposal.deny'; commandId: string; id: string; by: string; reason?: string; at: number };
+  | { type: 'proposal.deny'; commandId: string; id: string; by: string; reason?: string; at: number }
+  /** The agent wrote this many bytes of output (the log of the run keeps their volume). */
+  | { type: 'agent.output'; bytes: number };
 
 export interface ResolveOutput {
   existingContainers: string[];
@@ -232,6 +235,9 @@ export const bottleMachine = setup({
     recordIgnoredCommand: assign(({ context, event }) => ({
       commandsSeen: 'commandId' in event && !context.commandsSeen.includes(event.commandId) ? [...context.commandsSeen, event.commandId] : context.commandsSeen,
     })),
+    recordOutput: assign({
+      outputBytes: ({ context, event }) => context.outputBytes + (event.type === 'agent.output' ? event.bytes : 0),
+    }),
     recordApplied: assign(({ context }) => ({
       proposals: context.proposals.map((p) => (p.status === 'applying' ? { ...p, status: 'approved' as const } : p)),
     })),
@@ -254,6 +260,7 @@ export const bottleMachine = setup({
     commandsSeen: [],
     proposals: [],
     orphans: [],
+    outputBytes: 0,
   }),
   on: {
     // A stop before the agent runs is remembered and honoured once the current step has
@@ -363,6 +370,7 @@ export const bottleMachine = setup({
       on: {
         'command.stop': { guard: 'isNewCommand', target: 'teardown', actions: 'recordStop' },
         'proposal.received': { target: '.capabilityReview', actions: 'recordProposal' },
+        'agent.output': { actions: 'recordOutput' },
       },
       initial: 'running',
       states: {

@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { LowSync } from 'lowdb';
-import { JsonlAppendAdapter, logCorrupt } from './jsonl-adapter.js';
+import { findLastLine, JsonlAppendAdapter, logCorrupt, readFirstRecord, readLinePrefix } from './jsonl-adapter.js';
 import { type LogRecord, type NewRecord, RecordSchema } from './records.js';
 
 export interface EventLogOptions {
@@ -14,9 +14,10 @@ export type CompletedRecord = Of<'effect.completed'>;
 export type FailedRecord = Of<'effect.failed'>;
 
 /** Every line is a record (the adapter rejects anything else), so record i sits on line i + 1. */
-function checkGapless(file: string, records: readonly LogRecord[]): void {
+function checkGapless(file: string, records: readonly LogRecord[], before = 0): void {
   records.forEach((rec, i) => {
-    if (rec.seq !== i + 1) throw logCorrupt(file, i + 1, `seq ${rec.seq} where ${i + 1} was expected`);
+    const want = before + i + 1;
+    if (rec.seq !== want) throw logCorrupt(file, want, `seq ${rec.seq} where ${want} was expected`);
   });
 }
 
@@ -30,11 +31,42 @@ export class EventLog {
   readonly file: string;
   readonly #db: LowSync<LogRecord[]>;
   readonly #clock: { now(): number };
+  /** Records before the first one held in memory (non-zero after openTail). */
+  readonly #before: number;
+  /** The run.started record; held even when only the tail is. */
+  readonly first: LogRecord | null;
 
-  private constructor(file: string, db: LowSync<LogRecord[]>, clock: { now(): number }) {
+  private constructor(file: string, db: LowSync<LogRecord[]>, clock: { now(): number }, before = 0, first?: LogRecord | null) {
     this.file = file;
     this.#db = db;
     this.#clock = clock;
+    this.#before = before;
+    this.first = first !== undefined ? first : (db.data[0] ?? null);
+  }
+
+  /**
+   * Opens for appending but reads only from the last snapshot record on (plus the first
+   * record), so taking over a long run costs the size of its tail, not of its history.
+   * Without a snapshot record it reads everything, as open() does.
+   */
+  static openTail(file: string, opts: EventLogOptions): EventLog {
+    const offset = findLastLine(file, '"kind":"snapshot"', (line) => {
+      try {
+        return (JSON.parse(line) as { kind?: unknown }).kind === 'snapshot';
+      } catch {
+        // A torn last line cannot be the snapshot we want.
+        return false;
+      }
+    });
+    if (offset === null || offset === 0) return EventLog.open(file, opts);
+    const first = readFirstRecord(file, RecordSchema);
+    const seqText = /"seq":(\d+)/.exec(readLinePrefix(file, offset));
+    if (!first || !seqText) return EventLog.open(file, opts);
+    const before = Number(seqText[1]) - 1;
+    const db = new LowSync<LogRecord[]>(new JsonlAppendAdapter(file, RecordSchema, { offset, records: before }), []);
+    db.read();
+    checkGapless(file, db.data, before);
+    return new EventLog(file, db, opts.clock, before, first);
   }
 
   /** Opens (creating the run directory if needed) and reads the whole log. */
@@ -54,12 +86,13 @@ export class EventLog {
     return records;
   }
 
+  /** The records held: all of them, or after openTail the tail from the last snapshot on. */
   records(): readonly LogRecord[] {
     return this.#db.data;
   }
 
   get lastSeq(): number {
-    return this.#db.data.length;
+    return this.#before + this.#db.data.length;
   }
 
   /** Gives the record the next seq and the clock's time, and returns once it is on disk. */

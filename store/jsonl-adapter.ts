@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, ftruncateSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { SyncAdapter } from 'lowdb';
 import type { z } from 'zod';
@@ -27,12 +27,18 @@ interface Scan<T> {
   missingNewline: boolean;
 }
 
-function scan<T>(file: string, schema: z.ZodType<T>): Scan<T> {
-  const buf = readIfPresent(file);
+/** Where reading starts: byte offset of a line start, and how many records precede it. */
+export interface TailStart {
+  offset: number;
+  records: number;
+}
+
+function scan<T>(file: string, schema: z.ZodType<T>, from: TailStart = { offset: 0, records: 0 }): Scan<T> {
+  const buf = from.offset === 0 ? readIfPresent(file) : readTail(file, from.offset);
   if (buf === null) return { records: [], exists: false, goodBytes: 0, torn: false, missingNewline: false };
   const records: T[] = [];
   let pos = 0;
-  let line = 1;
+  let line = from.records + 1;
   let torn = false;
   let missingNewline = false;
   while (pos < buf.length) {
@@ -54,7 +60,72 @@ function scan<T>(file: string, schema: z.ZodType<T>): Scan<T> {
     missingNewline = last;
     line++;
   }
-  return { records, exists: true, goodBytes: pos, torn, missingNewline };
+  return { records, exists: true, goodBytes: from.offset + pos, torn, missingNewline };
+}
+
+/** The bytes of `file` from `offset` to its end, without reading what comes before. */
+function readTail(file: string, offset: number): Buffer | null {
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return null;
+    throw err;
+  }
+  try {
+    const size = fstatSync(fd).size;
+    const buf = Buffer.alloc(Math.max(0, size - offset));
+    let got = 0;
+    while (got < buf.length) {
+      const n = readSync(fd, buf, got, buf.length - got, offset + got);
+      if (n === 0) break;
+      got += n;
+    }
+    return buf.subarray(0, got);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Byte offset of the start of the last line that contains `marker` and satisfies `accept`,
+ * found by reading backwards from the end in chunks: O(size of the tail), not of the file.
+ */
+export function findLastLine(file: string, marker: string, accept: (line: string) => boolean): number | null {
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return null;
+    throw err;
+  }
+  try {
+    const size = fstatSync(fd).size;
+    const CHUNK = 256 * 1024;
+    let end = size;
+    let carry = Buffer.alloc(0);
+    while (end > 0) {
+      const start = Math.max(0, end - CHUNK);
+      const chunk = Buffer.alloc(end - start);
+      readSync(fd, chunk, 0, chunk.length, start);
+      const buf = Buffer.concat([chunk, carry]);
+      // Whole lines of buf start after a newline (or at 0 when start is 0).
+      let lineEnd = buf.length;
+      for (let nl = buf.lastIndexOf(NEWLINE, lineEnd - 1); ; nl = buf.lastIndexOf(NEWLINE, lineEnd - 1)) {
+        if (nl === -1 && start > 0) break;
+        const lineStart = nl + 1;
+        const text = buf.toString('utf8', lineStart, lineEnd);
+        if (text.includes(marker) && accept(text)) return start + lineStart;
+        if (nl === -1) break;
+        lineEnd = nl;
+      }
+      carry = buf.subarray(0, lineEnd);
+      end = start;
+    }
+    return null;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**
@@ -77,14 +148,21 @@ export class JsonlAppendAdapter<T> implements SyncAdapter<T[]> {
   #dirtyTail = false;
   #missingNewline = false;
 
-  constructor(file: string, schema: z.ZodType<T>) {
+  readonly #from: TailStart;
+
+  /**
+   * With `from`, the adapter reads and holds only the records from that line on (a resume
+   * from a snapshot record); appends still go to the end of the whole file.
+   */
+  constructor(file: string, schema: z.ZodType<T>, from: TailStart = { offset: 0, records: 0 }) {
     this.file = file;
     this.#schema = schema;
+    this.#from = from;
   }
 
   /** Records on disk, or null when the file does not exist yet (lowdb then keeps its default). */
   read(): T[] | null {
-    const s = scan(this.file, this.#schema);
+    const s = scan(this.file, this.#schema, this.#from);
     this.#loaded = true;
     this.#exists = s.exists;
     this.#persisted = s.records.length;
@@ -112,7 +190,7 @@ export class JsonlAppendAdapter<T> implements SyncAdapter<T[]> {
         this.#dirtyTail = false;
       }
       for (let i = this.#persisted; i < data.length; i++) {
-        const text = `${this.#missingNewline ? '\n' : ''}${this.#serialize(data[i] as T, i + 1)}\n`;
+        const text = `${this.#missingNewline ? '\n' : ''}${this.#serialize(data[i] as T, this.#from.records + i + 1)}\n`;
         const buf = Buffer.from(text, 'utf8');
         // Until fsync returns, what reached the file may be a partial line: cut it next time.
         this.#dirtyTail = true;
@@ -168,6 +246,18 @@ export function readFirstRecord<T>(file: string, schema: z.ZodType<T>): T | null
     const parsed = parseChecked(schema, Buffer.concat(chunks).toString('utf8'));
     if (!parsed.ok) throw logCorrupt(file, 1, parsed.reason);
     return parsed.value;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The first bytes of the line starting at `offset` (enough to read its seq). */
+export function readLinePrefix(file: string, offset: number, length = 64): string {
+  const fd = openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    const n = readSync(fd, buf, 0, length, offset);
+    return buf.toString('utf8', 0, n);
   } finally {
     closeSync(fd);
   }

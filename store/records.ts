@@ -31,7 +31,14 @@ export const RecordSchema = z.discriminatedUnion('kind', [
   z.object({ ...base, kind: z.literal('effect.failed'), key: z.string(), error: ErrorDataSchema }),
   z.object({ ...base, kind: z.literal('command'), id: z.string(), command: z.looseObject({ type: z.string() }) }),
   z.object({ ...base, kind: z.literal('state'), value: z.string(), status: z.string() }),
-  z.object({ ...base, kind: z.literal('snapshot'), snapshot: z.unknown(), eventCount: z.number().int().nonnegative() }),
+  z.object({
+    ...base,
+    kind: z.literal('snapshot'),
+    snapshot: z.unknown(),
+    eventCount: z.number().int().nonnegative(),
+    /** Effect outcomes consumed per step so far: attempt numbers stay unique when resume reads only the tail. */
+    outcomes: z.record(z.string(), z.number().int().nonnegative()).optional(),
+  }),
   z.object({ ...base, kind: z.literal('owner'), pid: z.number().int(), host: z.string(), takeover: z.boolean() }),
 ]);
 

@@ -66,7 +66,7 @@ export class RunHost {
   readonly done: Promise<RunResult>;
   private readonly log: EventLog;
   private readonly journal: Journal = new Map();
-  private readonly outcomes = new Map<string, number>();
+  private outcomes = new Map<string, number>();
   private readonly commandIds = new Set<string>();
   private eventCount: number;
   private lastSnapshotAt: number;
@@ -74,6 +74,7 @@ export class RunHost {
   private actor: AnyActorRef | null = null;
   private stopWatch: (() => void) | null = null;
   private draining = false;
+  private closed = false;
   private resolveDone!: (r: RunResult) => void;
   private rejectDone!: (e: unknown) => void;
 
@@ -117,8 +118,10 @@ export class RunHost {
     const file = eventsFile(deps.home, identity, runId);
     const lock = acquireRunLock(lockFile(deps.home, identity, runId), { pid: deps.pid ?? process.pid, host: hostname() });
     try {
-      const log = EventLog.open(file, { clock: deps.clock });
-      const folded = foldLog(log.records(), file, { fromSnapshot: true });
+      // Only the tail from the last snapshot record is read: resume costs the tail, not the history.
+      const log = EventLog.openTail(file, { clock: deps.clock });
+      const head = log.first && log.records()[0] !== log.first ? [log.first] : [];
+      const folded = foldLog([...head, ...log.records()], file, { fromSnapshot: true });
       if (folded.snapshot.status !== 'active') {
         throw new BottleError('RUN_FINISHED', `run ${runId} of bottle '${identity}' has already ended (${stateName(folded.snapshot.value)})`, `see it with 'bottle status ${identity}' or 'bottle audit ${identity}'`);
       }
@@ -137,7 +140,9 @@ export class RunHost {
     this.actor?.send(event);
   }
 
-  private append(rec: NewRecord): LogRecord {
+  private append(rec: NewRecord): LogRecord | null {
+    // After detach() this process no longer owns the run: a late effect must not write.
+    if (this.closed) return null;
     const r = this.log.append(rec);
     this.index(r);
     return r;
@@ -151,6 +156,7 @@ export class RunHost {
       if (r.error.code === 'CANCELLED') this.countOutcome(r.key.split(':')[1]!);
     }
     else if (r.kind === 'command') this.commandIds.add(r.id);
+    else if (r.kind === 'snapshot' && r.outcomes) this.outcomes = new Map(Object.entries(r.outcomes));
     else if (r.kind === 'event') {
       const m = /^xstate\.(?:done|error)\.actor\.(.+)$/.exec(r.event.type);
       if (m) this.countOutcome(m[1]!);
@@ -258,7 +264,7 @@ export class RunHost {
     const every = this.deps.snapshotEvery ?? 500;
     if (snap.status === 'active' && this.eventCount - this.lastSnapshotAt >= every && this.actor) {
       this.lastSnapshotAt = this.eventCount;
-      this.append({ kind: 'snapshot', snapshot: this.actor.getPersistedSnapshot(), eventCount: this.eventCount });
+      this.append({ kind: 'snapshot', snapshot: this.actor.getPersistedSnapshot(), eventCount: this.eventCount, outcomes: Object.fromEntries(this.outcomes) });
     }
   }
 
@@ -304,6 +310,7 @@ export class RunHost {
 
   /** Stops the actor without recording anything (process shutdown); the run stays resumable. */
   detach() {
+    this.closed = true;
     this.stopWatch?.();
     this.actor?.stop();
     this.releaseLock();

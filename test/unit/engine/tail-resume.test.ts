@@ -1,0 +1,61 @@
+import { describe, expect, it } from 'vitest';
+import { replayFile } from '../../../cli/engine/replay.js';
+import { RunHost } from '../../../cli/engine/runner.js';
+import { readCounts } from '../../../effects/fakes.js';
+import { EventLog } from '../../../store/event-log.js';
+import { postCommand } from '../../../store/mailbox.js';
+import { commandsDir, eventsFile } from '../../../store/paths.js';
+import { fakeContext, fakeHostDeps, testInput, testManifest, worldFile } from '../../support/engine.js';
+
+async function until(check: () => boolean, what: string) {
+  for (let i = 0; i < 500; i++) {
+    if (check()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('resume from a snapshot record', () => {
+  it('reads only the tail, keeps attempt keys unique and replays', async () => {
+    const ctx = fakeContext();
+    const input = testInput(ctx, testManifest({ agentCommand: ['fake-agent', '--ms', 'forever'], supervise: true }));
+    const file = eventsFile(ctx.home, input.identity, input.runId);
+    const dir = commandsDir(ctx.home, input.identity, input.runId);
+    let state = '';
+    const deps = { ...(await fakeHostDeps(ctx, { onState: (s) => (state = s) })), snapshotEvery: 5 };
+    const first = RunHost.start(deps, input);
+    await until(() => state === 'running', 'running');
+    for (let i = 1; i <= 3; i++) {
+      postCommand(dir, { id: `p${i}`, type: 'propose', proposal: { id: `prop-${i}`, kind: 'allowlist', reason: 'r', change: { hosts: ['x.test'] } } });
+      await until(() => state === 'capabilityReview', 'review');
+      postCommand(dir, { id: `a${i}`, type: 'approve', proposal: `prop-${i}`, by: 't' });
+      await until(() => state === 'running', 'running again');
+    }
+    for (let i = 0; i < 40; i++) first.send({ type: 'agent.output', bytes: 10 });
+    // The process "dies": nothing more is recorded, the lock is given up.
+    first.detach();
+
+    const tail = EventLog.openTail(file, { clock: { now: () => Date.now() } });
+    expect(tail.records()[0]?.kind).toBe('snapshot');
+    expect(tail.records().length).toBeLessThan(EventLog.read(file).length / 4);
+    expect(tail.first?.kind).toBe('run.started');
+    expect(tail.lastSeq).toBe(EventLog.read(file).length);
+
+    const resumed = RunHost.resume(deps, input.identity, input.runId);
+    postCommand(dir, { id: 'p4', type: 'propose', proposal: { id: 'prop-4', kind: 'allowlist', reason: 'r', change: { hosts: ['y.test'] } } });
+    await until(() => state === 'capabilityReview', 'review after resume');
+    postCommand(dir, { id: 'a4', type: 'approve', proposal: 'prop-4', by: 't' });
+    await until(() => state === 'running', 'running after approval');
+    postCommand(dir, { id: 's1', type: 'stop' });
+    expect((await resumed.done).state).toBe('done');
+
+    const counts = readCounts(`${worldFile(ctx)}.counts`);
+    expect([1, 2, 3, 4].map((i) => counts[`apply:prop-${i}`])).toEqual([1, 1, 1, 1]);
+    const records = EventLog.read(file);
+    const keys = records.filter((r) => r.kind === 'effect.intent' && r.step === 'applyProposal').map((r) => (r.kind === 'effect.intent' ? r.key : ''));
+    expect(new Set(keys).size).toBe(4);
+    const report = replayFile(file);
+    expect(report.problem).toBeNull();
+    expect(records.filter((r) => r.kind === 'snapshot').length).toBeGreaterThan(3);
+  });
+});
