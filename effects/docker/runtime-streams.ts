@@ -2,6 +2,7 @@ import { createWriteStream, type WriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
+import { BottleError } from '../../config/errors.js';
 import type { AgentIO } from '../../machines/ports.js';
 
 /**
@@ -13,18 +14,18 @@ export function demuxBuffer(buf: Buffer): { stdout: Buffer; stderr: Buffer } {
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   let offset = 0;
-  while (offset + 8 <= buf.length) {
-    const type = buf[offset];
-    if ((type !== 0 && type !== 1 && type !== 2) || buf[offset + 1] !== 0 || buf[offset + 2] !== 0 || buf[offset + 3] !== 0) {
-      return offset === 0 ? { stdout: buf, stderr: Buffer.alloc(0) } : { stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
-    }
+  while (offset + 8 <= buf.length && isFrameHeader(buf, offset)) {
     const length = buf.readUInt32BE(offset + 4);
-    const chunk = buf.subarray(offset + 8, offset + 8 + length);
-    (type === 2 ? err : out).push(chunk);
+    (buf[offset] === 2 ? err : out).push(buf.subarray(offset + 8, offset + 8 + length));
     offset += 8 + length;
   }
-  if (offset === 0 && buf.length > 0) return { stdout: buf, stderr: Buffer.alloc(0) };
+  if (offset === 0) return { stdout: buf, stderr: Buffer.alloc(0) };
   return { stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
+}
+
+function isFrameHeader(buf: Buffer, offset: number): boolean {
+  const type = buf[offset];
+  return (type === 0 || type === 1 || type === 2) && buf[offset + 1] === 0 && buf[offset + 2] === 0 && buf[offset + 3] === 0;
 }
 
 /** Both streams of a `logs` answer as text lines, interleaving lost (good enough for a diagnosis). */
@@ -63,8 +64,13 @@ export function openSinks(io: AgentIO | undefined, logFile: string | undefined):
     close: async () => {
       if (!log) return;
       log.end();
-      await finished(log);
-      if (logError !== undefined) throw logError;
+      await finished(log).catch((err: unknown) => {
+        logError ??= err;
+      });
+      if (logError !== undefined) {
+        const code = (logError as { code?: unknown }).code;
+        throw new BottleError('INTERNAL', `cannot write the agent log ${logFile}: ${String(code ?? logError)}`, 'Check that BOTTLE_HOME is writable, then `bottle resume` the bottle.');
+      }
     },
   };
 }
