@@ -106,7 +106,7 @@ export class FakeRuntime implements ContainerRuntime {
 
   async listLabelled(labels: Labels): Promise<LabelledObject[]> {
     return this.mutate('listLabelled', '', (w) => {
-      const match = (l: Labels) => Object.entries(labels).every(([k, v]) => l[k] === v);
+      const match = (l: Labels) => Object.entries(labels).every(([k, v]) => (v === '' ? k in l : l[k] === v));
       const out: LabelledObject[] = [];
       for (const [name, c] of Object.entries(w.containers)) if (match(c.labels)) out.push({ kind: 'container', name, id: c.id, labels: c.labels });
       for (const [name, n] of Object.entries(w.networks)) if (match(n.labels)) out.push({ kind: 'network', name, id: n.id, labels: n.labels });

@@ -270,7 +270,8 @@ function planImages(input: PlanInput, world: WorldFacts, identity: string, n: Re
     image = input.images.agent;
     source = { kind: 'builtin' };
   }
-  const derived = input.cwd === null ? null : (input.overrides.derivedImage ?? n.derivedImage);
+  // Skills are copied in by the same layer as the --cwd project.
+  const derived = input.cwd === null && agent.skills.length === 0 ? null : (input.overrides.derivedImage ?? n.derivedImage);
   return { image, source, derived, runtime: derived ?? image, sidecar: input.images.sidecar };
 }
 

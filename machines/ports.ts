@@ -112,7 +112,7 @@ export interface ContainerRuntime {
   info(signal?: AbortSignal): Promise<RuntimeInfo>;
   /** Names of existing containers among `names` (for planning: free names, pinned names). */
   existingContainers(names: string[], signal?: AbortSignal): Promise<string[]>;
-  /** Every container, network and volume carrying all of `labels`. */
+  /** Every container, network and volume carrying all of `labels` (an empty value: the label with any value). */
   listLabelled(labels: Labels, signal?: AbortSignal): Promise<LabelledObject[]>;
   ensureNetwork(spec: NetworkSpec, signal?: AbortSignal): Promise<{ id: string; created: boolean }>;
   ensureVolume(spec: VolumeSpec, signal?: AbortSignal): Promise<{ created: boolean }>;

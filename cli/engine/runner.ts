@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { createActor, fromPromise, type AnyActorRef } from 'xstate';
@@ -186,6 +187,8 @@ export class RunHost {
     const prior = this.journal.get(key);
     if (prior && 'completed' in prior) return prior.completed;
     if (prior?.failed) throw prior.failed;
+    // Every Docker call of a step listens on this one signal; that is not a leak.
+    setMaxListeners(0, signal);
     this.append({ kind: 'effect.intent', key, step, attempt });
     this.crashIfAsked('intent', step, attempt);
     let output: unknown;

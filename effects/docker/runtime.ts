@@ -513,7 +513,8 @@ function labelFilter(labels: Labels): string[] {
   const entries = Object.entries(labels);
   // An empty filter matches every object on the daemon; cleanup by label must never see that.
   if (entries.length === 0) throw new BottleError('INTERNAL', 'a label query needs at least one label');
-  return entries.map(([key, value]) => `${key}=${value}`);
+  // An empty value asks for the label's presence, whatever its value (cleanup: any identity).
+  return entries.map(([key, value]) => (value === '' ? key : `${key}=${value}`));
 }
 
 function hasStopped(info: Docker.ContainerInspectInfo): boolean {
