@@ -57,6 +57,9 @@ export function names(identity: string) {
     internalNetwork: `${base}-internal`,
     egressNetwork: `${base}-egress-net`,
     workspaceVolume: `${base}-workspace`,
+    /** Holds the agent's network namespace (the agent joins it), so its routes are fixed before the agent runs. */
+    netns: `${base}-netns`,
+    netfix: `${base}-netfix`,
     perBottleImage: `bot-bottle/bottle:${identity}`,
     customImage: `bot-bottle/custom:${identity}`,
     derivedImage: `bot-bottle/cwd:${identity}`,

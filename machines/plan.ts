@@ -84,6 +84,8 @@ export interface BottlePlan {
   container: string;
   containerPinned: boolean;
   networks: { internal: string; egress: string };
+  /** Containers that give the agent its network: the namespace holder and the one-shot route fixer. */
+  netns: { holder: string; fixer: string };
   volume: string;
   images: ImagePlan;
   runtime: 'runsc' | 'runc';
@@ -234,6 +236,7 @@ export function buildPlan(input: PlanInput, world: WorldFacts): BottlePlan {
     container: container.name,
     containerPinned: container.pinned,
     networks: { internal: n.internalNetwork, egress: n.egressNetwork },
+    netns: { holder: n.netns, fixer: n.netfix },
     volume: n.workspaceVolume,
     images,
     runtime,

@@ -52,6 +52,10 @@ export interface ContainerSpec {
   labels: Labels;
   /** Networks to join, with the DNS aliases the container answers to on each. First is primary. */
   networks: { name: string; aliases: string[] }[];
+  /** Share another container's network namespace instead (then `networks` is empty). */
+  networkMode?: { container: string };
+  /** Capabilities added after dropping all (only the one-shot route fixer uses this). */
+  capAdd?: string[];
   /**
    * Environment as NAME=VALUE through the Docker API (never argv, never a file).
    * Forwarded host values arrive here only inside the adapter call, never in the log.

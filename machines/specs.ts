@@ -28,8 +28,10 @@ export function agentSpec(
     image: plan.images.runtime,
     role: 'agent',
     labels: labelsFor(plan.identity, runId, 'agent'),
-    // The agent joins the internal network only: no gateway, so its one way out is egress.
-    networks: [{ name: plan.networks.internal, aliases: ['agent'] }],
+    // The agent shares the namespace holder's network: the internal network only, with the
+    // default route removed before the agent starts, so its one way out is egress.
+    networks: [],
+    networkMode: { container: plan.netns.holder },
     env: { ...forwardedValues, ...plan.env.agentSide },
     envFile: staged.envFile,
     ...(plan.command ? { cmd: plan.command } : {}),
@@ -73,4 +75,50 @@ export function sidecarSpec(plan: BottlePlan, runId: string, sidecar: SidecarPla
 export function sidecarProgram(role: SidecarPlan['role']): string {
   const implemented: SidecarPlan['role'][] = [];
   return implemented.includes(role) ? role : 'placeholder';
+}
+
+/**
+ * The agent's network namespace lives in a container of its own that does nothing but
+ * sleep, on the internal network with the alias `agent`. Docker (before 25) gives even an
+ * internal network a default route; the fixer below deletes it in this namespace before
+ * the agent joins, so the agent never sees a route out, under runc and under gVisor alike.
+ */
+export function netnsHolderSpec(plan: BottlePlan, runId: string): ContainerSpec {
+  return {
+    name: plan.netns.holder,
+    image: plan.images.sidecar,
+    role: 'network',
+    labels: labelsFor(plan.identity, runId, 'network'),
+    networks: [{ name: plan.networks.internal, aliases: ['agent'] }],
+    env: {},
+    entrypoint: ['sleep', 'infinity'],
+    mounts: [],
+    tty: false,
+    openStdin: false,
+    hardened: true,
+    pidsLimit: 8,
+    memoryBytes: 16 * 1024 ** 2,
+  };
+}
+
+/** One-shot: NET_ADMIN in the holder's namespace for as long as it takes to delete the default routes. */
+export function netFixerSpec(plan: BottlePlan, runId: string): ContainerSpec {
+  return {
+    name: plan.netns.fixer,
+    image: plan.images.sidecar,
+    role: 'network',
+    labels: labelsFor(plan.identity, runId, 'network'),
+    networks: [],
+    networkMode: { container: plan.netns.holder },
+    env: {},
+    user: '0:0',
+    entrypoint: ['sh', '-c', 'ip route del default 2>/dev/null; ip -6 route del default 2>/dev/null; if ip route show default | grep -q .; then echo "default route still present" >&2; exit 1; fi'],
+    capAdd: ['NET_ADMIN'],
+    mounts: [],
+    tty: false,
+    openStdin: false,
+    hardened: true,
+    pidsLimit: 16,
+    memoryBytes: 32 * 1024 ** 2,
+  };
 }

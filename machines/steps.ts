@@ -15,7 +15,7 @@ import type {
   Stager,
 } from './ports.js';
 import { LABEL } from './ports.js';
-import { agentSpec, labelsFor, sidecarSpec } from './specs.js';
+import { agentSpec, labelsFor, netFixerSpec, netnsHolderSpec, sidecarSpec } from './specs.js';
 
 /**
  * The effects of the bottle machine, built from the ports they need (Temporal's
@@ -160,6 +160,10 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
         const value = deps.hostEnv.get(hostName);
         if (value !== undefined) forwarded[name] = value;
       }
+      await runtime.ensureContainer(netnsHolderSpec(plan, runId), signal);
+      created.push({ kind: 'container', name: plan.netns.holder, role: 'network' });
+      await runtime.startContainer(plan.netns.holder, signal);
+      await removeDefaultRoute(plan, runId, signal);
       await runtime.ensureVolume({ name: plan.volume, labels: labelsFor(plan.identity, runId, 'volume') }, signal);
       created.push({ kind: 'volume', name: plan.volume });
       await runtime.ensureContainer(agentSpec(plan, runId, staged, forwarded), signal);
@@ -170,6 +174,22 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     }
     return { created };
   };
+
+  async function removeDefaultRoute(plan: BottlePlan, runId: string, signal: AbortSignal) {
+    const fixer = plan.netns.fixer;
+    // A fixer left by a crash of an earlier attempt has either done its work or not: run it afresh.
+    await runtime.removeContainer(fixer, signal);
+    await runtime.ensureContainer(netFixerSpec(plan, runId), signal);
+    try {
+      await runtime.startContainer(fixer, signal);
+      const { exitCode } = await runtime.waitExit(fixer, {}, signal);
+      if (exitCode !== 0) {
+        throw new BottleError('SIDECAR_UNHEALTHY', `could not remove the default route from the agent's network (${fixer} exited ${exitCode})`, 'rebuild the images (bottle images build) so the sidecar image has iproute2, then try again');
+      }
+    } finally {
+      await runtime.removeContainer(fixer, signal);
+    }
+  }
 
   const agentExit = async (input: PlanStepInput, signal: AbortSignal) => {
     const { plan, runId } = input;

@@ -18,7 +18,7 @@ export function createBody(spec: ContainerSpec, env: string[]): Docker.Container
   const [primary] = spec.networks;
   const hostConfig: Docker.HostConfig = {
     // No network at all rather than Docker's default bridge, which routes to the world.
-    NetworkMode: primary?.name ?? 'none',
+    NetworkMode: spec.networkMode ? `container:${spec.networkMode.container}` : (primary?.name ?? 'none'),
     Mounts: spec.mounts.map((m) => ({ Type: m.type, Source: m.source, Target: m.target, ReadOnly: m.readOnly })),
     Privileged: false,
     ...(spec.runtime ? { Runtime: spec.runtime } : {}),
@@ -26,6 +26,7 @@ export function createBody(spec: ContainerSpec, env: string[]): Docker.Container
   };
   if (spec.hardened) {
     hostConfig.CapDrop = ['ALL'];
+    if (spec.capAdd?.length) hostConfig.CapAdd = spec.capAdd;
     hostConfig.SecurityOpt = ['no-new-privileges'];
     hostConfig.PidsLimit = spec.pidsLimit ?? DEFAULT_PIDS_LIMIT;
     hostConfig.Memory = spec.memoryBytes ?? DEFAULT_MEMORY_BYTES;
@@ -50,7 +51,7 @@ export function createBody(spec: ContainerSpec, env: string[]): Docker.Container
     AttachStdout: false,
     AttachStderr: false,
     HostConfig: hostConfig,
-    ...(primary ? { NetworkingConfig: { EndpointsConfig: { [primary.name]: { Aliases: primary.aliases } } } } : {}),
+    ...(primary && !spec.networkMode ? { NetworkingConfig: { EndpointsConfig: { [primary.name]: { Aliases: primary.aliases } } } } : {}),
   };
 }
 

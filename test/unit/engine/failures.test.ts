@@ -9,8 +9,10 @@ import { fakeContext, startFakeRun, testInput, testManifest, worldFile, type Fak
  * had been created, in reverse order of creation, and the history replays.
  */
 
-const creates = (ops: string[]) => ops.filter((o) => /^ensure(Network|Volume|Container) /.test(o)).map((o) => o.split(' ')[1]);
-const removals = (ops: string[]) => ops.filter((o) => /^remove(Network|Volume|Container) /.test(o)).map((o) => o.split(' ')[1]);
+// The one-shot route fixer is created and removed inside createAgent; it is not a resource of the run.
+const notFixer = (name: string | undefined) => name !== 'bottle-coder-netfix';
+const creates = (ops: string[]) => ops.filter((o) => /^ensure(Network|Volume|Container) /.test(o)).map((o) => o.split(' ')[1]).filter(notFixer);
+const removals = (ops: string[]) => ops.filter((o) => /^remove(Network|Volume|Container) /.test(o)).map((o) => o.split(' ')[1]).filter(notFixer);
 
 const cases: { step: string; opts: FakeRunOpts; code: string; created: string[]; promptFile?: string }[] = [
   { step: 'resolveWorld', opts: { fail: [{ op: 'info' }] }, code: 'DOCKER_ERROR', created: [] },
@@ -33,13 +35,13 @@ const cases: { step: string; opts: FakeRunOpts; code: string; created: string[];
     step: 'createAgent',
     opts: { fail: [{ op: 'ensureContainer', name: 'bottle-coder' }] },
     code: 'DOCKER_ERROR',
-    created: ['bottle-coder-internal', 'bottle-coder-egress-net', 'bottle-coder-egress', 'bottle-coder-workspace'],
+    created: ['bottle-coder-internal', 'bottle-coder-egress-net', 'bottle-coder-egress', 'bottle-coder-netns', 'bottle-coder-workspace'],
   },
   {
     step: 'agentExit',
-    opts: { fail: [{ op: 'waitExit' }] },
+    opts: { fail: [{ op: 'waitExit', name: 'bottle-coder' }] },
     code: 'DOCKER_ERROR',
-    created: ['bottle-coder-internal', 'bottle-coder-egress-net', 'bottle-coder-egress', 'bottle-coder-workspace', 'bottle-coder'],
+    created: ['bottle-coder-internal', 'bottle-coder-egress-net', 'bottle-coder-egress', 'bottle-coder-netns', 'bottle-coder-workspace', 'bottle-coder'],
   },
 ];
 
