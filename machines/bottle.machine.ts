@@ -25,6 +25,7 @@ export interface BottleInput {
   identity: string;
   manifest: Manifest;
   manifestDir: string;
+  homeDir: string;
   agent: string;
   cwd: string | null;
   overrides: PlanInput['overrides'];
@@ -110,6 +111,7 @@ function planInputOf(input: BottleInput): PlanInput {
   return {
     manifest: input.manifest,
     manifestDir: input.manifestDir,
+    homeDir: input.homeDir,
     agent: input.agent,
     cwd: input.cwd,
     overrides: input.overrides,

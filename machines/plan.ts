@@ -1,6 +1,6 @@
-import path from 'node:path';
 import type { Manifest } from '../config/manifest.js';
 import { BottleError } from '../config/errors.js';
+import { resolveManifestPath } from '../config/files.js';
 import {
   bottleIdentity,
   containerCandidates,
@@ -38,6 +38,8 @@ export interface WorldFacts {
 export interface PlanInput {
   manifest: Manifest;
   manifestDir: string;
+  /** For `~/` in manifest paths. */
+  homeDir: string;
   agent: string;
   /** realpath of --cwd, or null. */
   cwd: string | null;
@@ -243,9 +245,9 @@ export function buildPlan(input: PlanInput, world: WorldFacts): BottlePlan {
     sidecars,
     allowlist: [...new Set(bottle.egress.allow.map((h) => h.toLowerCase()))],
     env: { literals, forwarded, agentSide },
-    prompt: agent.prompt_file ? { file: path.resolve(input.manifestDir, agent.prompt_file) } : { text: agent.prompt ?? '' },
+    prompt: agent.prompt_file ? { file: resolveManifestPath(input.manifestDir, agent.prompt_file, input.homeDir) } : { text: agent.prompt ?? '' },
     command: agent.command ?? null,
-    skills: agent.skills.map((s) => path.resolve(input.manifestDir, s)),
+    skills: agent.skills.map((s) => resolveManifestPath(input.manifestDir, s, input.homeDir)),
     routes: bottle.cred_proxy.routes.map((r) => ({ path: r.path, upstream: r.upstream, roles: [...r.roles] })),
     git: bottle.git.map((g) => ({ name: g.name, upstream: g.upstream, push: [...g.push] })),
     supervise: bottle.supervise,
@@ -268,7 +270,7 @@ function planImages(input: PlanInput, world: WorldFacts, identity: string, n: Re
     source = { kind: 'ref' };
   } else if (bottle.image && 'dockerfile' in bottle.image) {
     image = n.customImage;
-    source = { kind: 'dockerfile', dockerfile: path.resolve(input.manifestDir, bottle.image.dockerfile) };
+    source = { kind: 'dockerfile', dockerfile: resolveManifestPath(input.manifestDir, bottle.image.dockerfile, input.homeDir) };
   } else {
     image = input.images.agent;
     source = { kind: 'builtin' };

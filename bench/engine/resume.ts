@@ -44,6 +44,7 @@ async function main() {
     identity: 'coder',
     manifest: m.manifest,
     manifestDir: home,
+    homeDir: home,
     agent: 'coder',
     cwd: null,
     overrides: {},

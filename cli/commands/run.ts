@@ -128,6 +128,7 @@ export async function cmdRun(ctx: CliContext, agent: string, opts: RunOpts): Pro
     identity,
     manifest: loaded.manifest,
     manifestDir: loaded.dir,
+    homeDir: ctx.homeDir,
     agent,
     cwd,
     overrides: overridesFrom(ctx.env),

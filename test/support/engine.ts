@@ -32,6 +32,7 @@ export function testInput(ctx: CliContext, manifest: Manifest, runId = `r${Date.
     identity: bottleIdentity('coder', null),
     manifest,
     manifestDir: ctx.home,
+    homeDir: ctx.homeDir,
     agent: 'coder',
     cwd: null,
     overrides: {},

@@ -9,7 +9,7 @@ import { commandsDir, eventsFile } from '../../../store/paths.js';
 import { fakeContext, startFakeRun, testInput, testManifest, worldFile } from '../../support/engine.js';
 
 async function until(check: () => boolean, what: string) {
-  for (let i = 0; i < 500; i++) {
+  for (let i = 0; i < 3000; i++) {
     if (check()) return;
     await new Promise((r) => setTimeout(r, 10));
   }

@@ -31,6 +31,7 @@ const world: WorldFacts = { existingContainers: [], runtimes: ['runc'], perBottl
 const input = (over: Partial<PlanInput> = {}): PlanInput => ({
   manifest: full,
   manifestDir: '/proj',
+  homeDir: '/home/u',
   agent: 'coder',
   cwd: null,
   overrides: {},
