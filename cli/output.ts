@@ -10,7 +10,9 @@ export interface OutputOpts {
 }
 
 export function info(line: string): void {
-  process.stderr.write(`${line}\n`);
+  // In raw mode (an attached TTY session) a bare newline does not return the carriage.
+  const raw = process.stdin.isTTY && process.stdin.isRaw;
+  process.stderr.write(raw ? `${line.replace(/\n/g, '\r\n')}\r\n` : `${line}\n`);
 }
 
 export function printJson(value: unknown): void {

@@ -30,6 +30,8 @@ export interface BottleInput {
   cwd: string | null;
   overrides: PlanInput['overrides'];
   images: PlanInput['images'];
+  /** Started from a terminal: the agent container gets a TTY. */
+  tty?: boolean;
 }
 
 export type ResourceKind = 'stage' | 'network' | 'volume' | 'container';
@@ -117,6 +119,7 @@ function planInputOf(input: BottleInput): PlanInput {
     overrides: input.overrides,
     images: input.images,
     runId: input.runId,
+    tty: input.tty ?? false,
   };
 }
 

@@ -48,6 +48,8 @@ export interface PlanInput {
   images: { agent: string; sidecar: string };
   /** Unique per run; the placeholder token is derived from it. */
   runId: string;
+  /** The run was started from a terminal: the agent gets a TTY. */
+  tty?: boolean;
 }
 
 export interface SidecarPlan {
@@ -107,6 +109,7 @@ export interface BottlePlan {
   routes: { path: string; upstream: string; roles: string[] }[];
   git: { name: string; upstream: string; push: string[] }[];
   supervise: boolean;
+  tty: boolean;
 }
 
 export const PROMPT_PATH = '/run/bottle/prompt';
@@ -251,6 +254,7 @@ export function buildPlan(input: PlanInput, world: WorldFacts): BottlePlan {
     routes: bottle.cred_proxy.routes.map((r) => ({ path: r.path, upstream: r.upstream, roles: [...r.roles] })),
     git: bottle.git.map((g) => ({ name: g.name, upstream: g.upstream, push: [...g.push] })),
     supervise: bottle.supervise,
+    tty: input.tty ?? false,
   };
 }
 

@@ -38,7 +38,7 @@ export function agentSpec(
     runtime: plan.runtime,
     mounts: [{ type: 'volume', source: plan.volume, target: '/workspace', readOnly: false }],
     copyIn: [{ hostPath: staged.promptFile, containerPath: PROMPT_PATH, mode: 0o600, uid: AGENT_UID, gid: AGENT_UID }],
-    tty: false,
+    tty: plan.tty,
     openStdin: true,
     hardened: true,
     pidsLimit: AGENT_PIDS_LIMIT,

@@ -87,8 +87,13 @@ function finishRun(result: RunResult, json: boolean | undefined): number {
   return result.exitCode ?? (result.state === 'done' ? 0 : 1);
 }
 
-/** Runs the host in the foreground; SIGINT/SIGTERM ask it to tear down through the mailbox. */
+/**
+ * Runs the host in the foreground; SIGINT/SIGTERM ask it to tear down through the mailbox.
+ * On a terminal the keyboard goes to the agent raw (Ctrl-C included, as in any TTY session).
+ */
 async function foreground(ctx: CliContext, h: RunHost, json?: boolean): Promise<number> {
+  const raw = process.stdin.isTTY && process.stdout.isTTY;
+  if (raw) process.stdin.setRawMode(true);
   const stop = (signal: string) => {
     info(`bottle: ${signal}, tearing down`);
     postCommand(commandsDir(ctx.home, h.identity, h.runId), { id: ids.commandId(), type: 'stop', reason: signal });
@@ -100,6 +105,7 @@ async function foreground(ctx: CliContext, h: RunHost, json?: boolean): Promise<
   try {
     return finishRun(await h.done, json);
   } finally {
+    if (raw) process.stdin.setRawMode(false);
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
   }
@@ -133,6 +139,7 @@ export async function cmdRun(ctx: CliContext, agent: string, opts: RunOpts): Pro
     cwd,
     overrides: overridesFrom(ctx.env),
     images: await backend.imageTags(),
+    tty: !opts.detach && Boolean(process.stdin.isTTY && process.stdout.isTTY),
   };
   if (opts.detach) return detach(ctx, input, opts);
   const h = RunHost.start(await host(ctx, true, opts.json), input);
