@@ -63,8 +63,8 @@ function scan<T>(file: string, schema: z.ZodType<T>, from: TailStart = { offset:
   return { records, exists: true, goodBytes: from.offset + pos, torn, missingNewline };
 }
 
-/** The bytes of `file` from `offset` to its end, without reading what comes before. */
-function readTail(file: string, offset: number): Buffer | null {
+/** Runs `fn` on `file` opened for reading; null when the file does not exist. */
+function withFile<T>(file: string, fn: (fd: number) => T): T | null {
   let fd: number;
   try {
     fd = openSync(file, 'r');
@@ -73,8 +73,16 @@ function readTail(file: string, offset: number): Buffer | null {
     throw err;
   }
   try {
-    const size = fstatSync(fd).size;
-    const buf = Buffer.alloc(Math.max(0, size - offset));
+    return fn(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The bytes of `file` from `offset` to its end, without reading what comes before. */
+function readTail(file: string, offset: number): Buffer | null {
+  return withFile(file, (fd) => {
+    const buf = Buffer.alloc(Math.max(0, fstatSync(fd).size - offset));
     let got = 0;
     while (got < buf.length) {
       const n = readSync(fd, buf, got, buf.length - got, offset + got);
@@ -82,9 +90,7 @@ function readTail(file: string, offset: number): Buffer | null {
       got += n;
     }
     return buf.subarray(0, got);
-  } finally {
-    closeSync(fd);
-  }
+  });
 }
 
 /**
@@ -92,14 +98,7 @@ function readTail(file: string, offset: number): Buffer | null {
  * found by reading backwards from the end in chunks: O(size of the tail), not of the file.
  */
 export function findLastLine(file: string, marker: string, accept: (line: string) => boolean): number | null {
-  let fd: number;
-  try {
-    fd = openSync(file, 'r');
-  } catch (err) {
-    if (errno(err) === 'ENOENT') return null;
-    throw err;
-  }
-  try {
+  return withFile(file, (fd): number | null => {
     const size = fstatSync(fd).size;
     const CHUNK = 256 * 1024;
     let end = size;
@@ -123,9 +122,7 @@ export function findLastLine(file: string, marker: string, accept: (line: string
       end = start;
     }
     return null;
-  } finally {
-    closeSync(fd);
-  }
+  });
 }
 
 /**
@@ -253,12 +250,11 @@ export function readFirstRecord<T>(file: string, schema: z.ZodType<T>): T | null
 
 /** The first bytes of the line starting at `offset` (enough to read its seq). */
 export function readLinePrefix(file: string, offset: number, length = 64): string {
-  const fd = openSync(file, 'r');
-  try {
-    const buf = Buffer.alloc(length);
-    const n = readSync(fd, buf, 0, length, offset);
-    return buf.toString('utf8', 0, n);
-  } finally {
-    closeSync(fd);
-  }
+  return (
+    withFile(file, (fd) => {
+      const buf = Buffer.alloc(length);
+      const n = readSync(fd, buf, 0, length, offset);
+      return buf.toString('utf8', 0, n);
+    }) ?? ''
+  );
 }

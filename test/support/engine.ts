@@ -62,3 +62,12 @@ export async function fakeHostDeps(ctx: CliContext, opts: FakeRunOpts = {}) {
 export async function startFakeRun(ctx: CliContext, input: BottleInput, opts: FakeRunOpts = {}) {
   return RunHost.start(await fakeHostDeps(ctx, opts), input);
 }
+
+/** Polls `check` every 10 ms; a deadline for waiting, not a speed check. */
+export async function until(check: () => boolean, what: string) {
+  for (let i = 0; i < 3000; i++) {
+    if (check()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}

@@ -6,15 +6,7 @@ import { FakeRuntime } from '../../../effects/fake-runtime.js';
 import { EventLog } from '../../../store/event-log.js';
 import { postCommand } from '../../../store/mailbox.js';
 import { commandsDir, eventsFile } from '../../../store/paths.js';
-import { fakeContext, startFakeRun, testInput, testManifest, worldFile } from '../../support/engine.js';
-
-async function until(check: () => boolean, what: string) {
-  for (let i = 0; i < 3000; i++) {
-    if (check()) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+import { fakeContext, startFakeRun, testInput, testManifest, worldFile, until } from '../../support/engine.js';
 
 describe('commands through the mailbox', () => {
   it('approve, deny and stop are applied exactly once, also when sent twice', async () => {

@@ -5,15 +5,7 @@ import { readCounts } from '../../../effects/fakes.js';
 import { EventLog } from '../../../store/event-log.js';
 import { postCommand } from '../../../store/mailbox.js';
 import { commandsDir, eventsFile } from '../../../store/paths.js';
-import { fakeContext, fakeHostDeps, testInput, testManifest, worldFile } from '../../support/engine.js';
-
-async function until(check: () => boolean, what: string) {
-  for (let i = 0; i < 3000; i++) {
-    if (check()) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+import { fakeContext, fakeHostDeps, testInput, testManifest, worldFile, until } from '../../support/engine.js';
 
 describe('resume from a snapshot record', () => {
   it('reads only the tail, keeps attempt keys unique and replays', async () => {
