@@ -4,12 +4,12 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, unlinkSync, writeFileSync }
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DEFAULT_SOCKET } from '../../effects/docker/client.js';
 import { LABEL, type LabelledObject } from '../../machines/ports.js';
 import { readLockOwner } from '../../store/lock.js';
 import { lockFile } from '../../store/paths.js';
 import { listRuns } from '../../store/state-doc.js';
 import { bottle, type CliResult, ensureBuilt, MAIN } from './cli.js';
-import { DEFAULT_SOCKET } from '../../effects/docker/client.js';
 import { docker, runtime } from './docker.js';
 import { ensureTestImages, type TestImages } from './images.js';
 
@@ -21,7 +21,7 @@ import { ensureTestImages, type TestImages } from './images.js';
  * proves at its end that nothing labelled with its identities is left.
  */
 
-export { MAIN, type CliResult };
+export { type CliResult, MAIN };
 
 /** A fresh folder under the system temp dir. */
 export function tempDir(what: string): string {
