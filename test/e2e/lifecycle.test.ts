@@ -72,6 +72,18 @@ describe('bottle run, attached', () => {
     const status = json<{ state: string; owner_alive: boolean; exit_code: number | null }>(await suite.cli(['status', identity, '--json']));
     expect(status).toMatchObject({ state: 'done', owner_alive: false, exit_code: 3 });
   });
+
+  it('with --json prints one JSON document on stdout, the agent exit code in it', async () => {
+    const identity = suite.track(ATTACHED);
+    const r = await suite.cli(['run', ATTACHED, '--json']);
+    expect(r.code, show(r)).toBe(3);
+    // CONTRACT: --json prints one JSON document on stdout; the agent's own output must not
+    // be mixed into it (it stays readable with `bottle logs`).
+    expect(json(r)).toMatchObject({ identity, state: 'done', exit_code: 3 });
+    const logs = await suite.cli(['logs', identity]);
+    expect(logs.stdout).toContain('hello-out');
+    expect(await suite.leftovers([identity])).toEqual([]);
+  });
 });
 
 describe('bottle run --detach', () => {
@@ -91,11 +103,11 @@ describe('bottle run --detach', () => {
 
     const ls = await suite.cli(['ls', '--json']);
     expect(ls.code, show(ls)).toBe(0);
-    expect(json<unknown[]>(ls)).toContainEqual({ identity, run: out.run, state: 'running', owner_alive: true });
+    expect(json<unknown[]>(ls)).toContainEqual(expect.objectContaining({ identity, run: out.run, state: 'running', owner_alive: true }));
 
     const status = json<{ run: string; state: string; containers: { name: string; role: string | null }[] }>(await suite.cli(['status', identity, '--json']));
     expect(status.run).toBe(out.run);
-    expect(status.containers).toContainEqual({ name: `bottle-${identity}`, role: 'agent' });
+    expect(status.containers).toContainEqual(expect.objectContaining({ name: `bottle-${identity}`, role: 'agent' }));
 
     const stop = await suite.cli(['stop', identity]);
     expect(stop.code, show(stop)).toBe(0);

@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LABEL } from '../../machines/ports.js';
 import { docker } from '../support/docker.js';
@@ -11,6 +12,7 @@ import { E2eSuite, inspectContainer, json, scopedDockerHost, show, uniqueAgent }
 
 const ORPHANED = uniqueAgent('orphan');
 const PINNED = uniqueAgent('pinned');
+const LIVE = uniqueAgent('live');
 
 const suite = new E2eSuite(
   'orphans',
@@ -27,6 +29,10 @@ agents:
     bottle: box
     prompt: launch
     command: [bash, -c, 'echo should-never-run']
+  ${LIVE}:
+    bottle: box
+    prompt: stay up
+    command: [bash, -c, 'trap "exit 0" TERM; sleep 1000 & wait $!']
 `,
 );
 
@@ -89,7 +95,7 @@ describe('a leftover labelled sidecar', () => {
       expect(dryJson.code, show(dryJson)).toBe(0);
       const listed = json<{ dry_run: boolean; would_remove: { kind: string; name: string; identity: string; run: string }[] }>(dryJson);
       expect(listed.dry_run).toBe(true);
-      expect(listed.would_remove).toEqual([{ kind: 'container', name: sidecarName, identity, run: 'dead-run' }]);
+      expect(listed.would_remove).toEqual([expect.objectContaining({ kind: 'container', name: sidecarName, identity, run: 'dead-run' })]);
 
       expect((await inspectContainer(sidecarName))?.id, 'a dry run removes nothing').toBe(leftover);
       expect((await inspectContainer(lookAlikeName))?.id).toBe(lookAlike);
@@ -108,6 +114,29 @@ describe('a leftover labelled sidecar', () => {
     expect(launched.stdout).toContain('launched-after-cleanup');
     expect(await suite.leftovers()).toEqual([]);
     expect(await inspectContainer(lookAlikeName)).toMatchObject({ id: lookAlike, running: true });
+  });
+});
+
+describe('bottle cleanup and live runs', () => {
+  it('never counts a live bottle of another BOTTLE_HOME as removable', async () => {
+    const identity = suite.track(LIVE);
+    const up = await suite.cli(['run', LIVE, '--detach', '--json']);
+    expect(up.code, show(up)).toBe(0);
+    const ours = await suite.leftovers([identity]);
+    expect(ours.length).toBeGreaterThan(0);
+
+    // A second home on the same daemon (another user, a CI job, a test run): a dry run
+    // only lists, so this is safe on a shared daemon.
+    const otherHome = join(suite.dir, 'other-home');
+    const dry = await suite.cli(['cleanup', '--dry-run', '--json'], { env: { BOTTLE_HOME: otherHome } });
+    expect(dry.code, show(dry)).toBe(0);
+    const listed = json<{ would_remove: { kind: string; name: string; identity: string }[] }>(dry).would_remove;
+    // CONTRACT: cleanup removes objects "that no live run owns"; this run's owner is alive.
+    expect(listed.filter((o) => o.identity === identity).map((o) => `${o.kind} ${o.name}`)).toEqual([]);
+
+    const stop = await suite.cli(['stop', identity]);
+    expect(stop.code, show(stop)).toBe(0);
+    expect(await suite.leftovers([identity])).toEqual([]);
   });
 });
 

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { E2eSuite, inspectContainer, json, show, uniqueAgent, waitFor } from '../support/e2e.js';
+import { E2eSuite, inspectContainer, json, show, sleep, uniqueAgent, waitFor } from '../support/e2e.js';
 
 /**
  * The CLI dies (SIGKILL) while its agent runs: the agent carries on, `bottle status` says
@@ -88,5 +88,29 @@ describe('SIGKILL of the CLI while the agent runs', () => {
     expect(final).toMatchObject({ run: running.run, state: 'done', owner_alive: false });
     const replay = await suite.cli(['replay', identity]);
     expect(replay.code, show(replay)).toBe(0);
+  });
+
+  it('keeps in `bottle logs` what the agent wrote while no CLI was attached', async () => {
+    const identity = suite.track(AGENT);
+    const first = suite.start(['run', AGENT]);
+    await waitFor('ticks through the first CLI', () => lastTick(first.stdout) >= 3, 60_000);
+    first.child.kill('SIGKILL');
+    await first.done;
+    // The agent keeps ticking with nobody attached...
+    await sleep(1500);
+    const resumed = suite.start(['resume', identity]);
+    await waitFor('ticks through resume', () => lastTick(resumed.stdout) > 0, 30_000);
+    const stop = await suite.cli(['stop', identity]);
+    expect(stop.code, show(stop)).toBe(0);
+    await resumed.done;
+
+    // ...and its output is the agent's whole output: every tick once, in order.
+    const logs = await suite.cli(['logs', identity]);
+    const ticks = [...logs.stdout.matchAll(/tick-(\d+)/g)].map((m) => Number(m[1]));
+    const expected = Array.from({ length: lastTick(logs.stdout) }, (_, i) => i + 1);
+    const missing = expected.filter((n) => !ticks.includes(n));
+    expect(missing, `ticks missing from bottle logs (killed after tick-${lastTick(first.stdout)})`).toEqual([]);
+    expect(ticks).toEqual(expected);
+    expect(await suite.leftovers()).toEqual([]);
   });
 });
