@@ -26,6 +26,7 @@ export interface BottleInput {
   manifest: Manifest;
   manifestDir: string;
   homeDir: string;
+  home: string;
   agent: string;
   cwd: string | null;
   overrides: PlanInput['overrides'];
@@ -114,6 +115,7 @@ function planInputOf(input: BottleInput): PlanInput {
     manifest: input.manifest,
     manifestDir: input.manifestDir,
     homeDir: input.homeDir,
+    home: input.home,
     agent: input.agent,
     cwd: input.cwd,
     overrides: input.overrides,
@@ -146,7 +148,7 @@ export const bottleMachine = setup({
       typeof fromPromise<ResolveOutput, { identity: string; probeNames: string[] }>
     >,
     probeOrphans: notImplemented('probeOrphans') as unknown as ReturnType<
-      typeof fromPromise<{ orphans: LabelledObject[] }, { identity: string; runId: string }>
+      typeof fromPromise<{ orphans: LabelledObject[]; busy: LabelledObject[] }, { identity: string; runId: string }>
     >,
     stageFiles: notImplemented('stageFiles') as unknown as ReturnType<typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string }>>,
     ensureImages: notImplemented('ensureImages') as unknown as ReturnType<typeof fromPromise<{ built: string[] }, { plan: BottlePlan }>>,
@@ -170,6 +172,7 @@ export const bottleMachine = setup({
   guards: {
     planFails: ({ context, event }) => 'error' in tryPlan(context.input, (event as unknown as { output: ResolveOutput }).output),
     hasOrphans: ({ event }) => (event as unknown as { output: { orphans: LabelledObject[] } }).output.orphans.length > 0,
+    isBusy: ({ event }) => ((event as unknown as { output: { busy?: LabelledObject[] } }).output.busy ?? []).length > 0,
     stopWasRequested: ({ context }) => context.stopRequested,
     isNewCommand: ({ context, event }) => 'commandId' in event && !context.commandsSeen.includes(event.commandId),
     approvable: ({ context, event }) =>
@@ -194,6 +197,18 @@ export const bottleMachine = setup({
           code: 'ORPHAN_SIDECAR',
           message: `bottle '${context.input.identity}' has leftovers of an earlier run that no live run owns: ${list}`,
           hint: 'run `bottle cleanup` (or `bottle cleanup --dry-run` to see what it removes), then launch again',
+        },
+      };
+    }),
+    assignBusy: assign(({ context, event }) => {
+      const busy = (event as unknown as { output: { busy: LabelledObject[] } }).output.busy;
+      const runs = [...new Set(busy.map((o) => o.labels['bot-bottle.run']))].join(', ');
+      const homes = [...new Set(busy.map((o) => o.labels['bot-bottle.home']).filter(Boolean))].join(', ');
+      return {
+        error: {
+          code: 'RUN_LOCKED',
+          message: `bottle '${context.input.identity}' is already running (run ${runs}${homes ? ` of BOTTLE_HOME ${homes}` : ''}); its objects were left alone`,
+          hint: `stop it first (BOTTLE_HOME=<that home> bottle stop ${context.input.identity}), or run this agent against another --cwd`,
         },
       };
     }),
@@ -295,6 +310,7 @@ export const bottleMachine = setup({
         src: 'probeOrphans',
         input: ({ context }) => ({ identity: context.input.identity, runId: context.input.runId }),
         onDone: [
+          { guard: 'isBusy', target: 'teardown', actions: 'assignBusy' },
           { guard: 'hasOrphans', target: 'teardown', actions: 'assignOrphans' },
           { guard: 'stopWasRequested', target: 'teardown' },
           { target: 'preparingSidecars' },

@@ -40,6 +40,8 @@ export interface PlanInput {
   manifestDir: string;
   /** For `~/` in manifest paths. */
   homeDir: string;
+  /** BOTTLE_HOME: labelled on every object so liveness is judged in the right store. */
+  home: string;
   agent: string;
   /** realpath of --cwd, or null. */
   cwd: string | null;
@@ -82,6 +84,7 @@ export interface ImagePlan {
 
 export interface BottlePlan {
   identity: string;
+  home: string;
   agent: string;
   bottle: string;
   cwd: string | null;
@@ -235,6 +238,7 @@ export function buildPlan(input: PlanInput, world: WorldFacts): BottlePlan {
 
   return {
     identity,
+    home: input.home,
     agent: agentName,
     bottle: agent.bottle,
     cwd: input.cwd,

@@ -16,6 +16,8 @@ export const LABEL = {
   run: 'bot-bottle.run',
   role: 'bot-bottle.role',
   version: 'bot-bottle.version',
+  /** The BOTTLE_HOME whose store owns the object: liveness is judged in that store. */
+  home: 'bot-bottle.home',
 } as const;
 
 export type Labels = Record<string, string>;
@@ -188,9 +190,13 @@ export interface HostFiles {
   readText(path: string): Promise<string>;
 }
 
-/** Which runs of a bottle have a live owner (orphan probing and cleanup never touch those). */
+/**
+ * Whether a run has a live owner (orphan probing and cleanup never touch those). `home` is
+ * the object's bot-bottle.home label: one daemon may serve several BOTTLE_HOMEs, and a run
+ * is judged in the store that owns it; an unreadable store counts as live.
+ */
 export interface RunRegistry {
-  liveRuns(identity: string): Promise<string[]>;
+  isLive(home: string | undefined, identity: string, runId: string): Promise<boolean>;
 }
 
 /** Where per-bottle and per-run files live on the host (store layout). */

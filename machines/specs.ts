@@ -8,8 +8,8 @@ import { LABEL, type ContainerSpec, type Labels, type Role } from './ports.js';
 
 export const ENGINE_VERSION = '0.1.0';
 
-export function labelsFor(identity: string, runId: string, role: Role): Labels {
-  return { [LABEL.identity]: identity, [LABEL.run]: runId, [LABEL.role]: role, [LABEL.version]: ENGINE_VERSION };
+export function labelsFor(plan: { identity: string; home: string }, runId: string, role: Role): Labels {
+  return { [LABEL.identity]: plan.identity, [LABEL.run]: runId, [LABEL.role]: role, [LABEL.version]: ENGINE_VERSION, [LABEL.home]: plan.home };
 }
 
 /** uid/gid of the `agent` user in the built-in agent image. */
@@ -27,7 +27,7 @@ export function agentSpec(
     name: plan.container,
     image: plan.images.runtime,
     role: 'agent',
-    labels: labelsFor(plan.identity, runId, 'agent'),
+    labels: labelsFor(plan, runId, 'agent'),
     // The agent shares the namespace holder's network: the internal network only, with the
     // default route removed before the agent starts, so its one way out is egress.
     networks: [],
@@ -53,7 +53,7 @@ export function sidecarSpec(plan: BottlePlan, runId: string, sidecar: SidecarPla
     name: sidecar.name,
     image: sidecar.image,
     role: sidecar.role,
-    labels: labelsFor(plan.identity, runId, sidecar.role),
+    labels: labelsFor(plan, runId, sidecar.role),
     networks,
     env: {
       BOTTLE_SIDECAR_ROLE: sidecar.role,
@@ -88,7 +88,7 @@ export function netnsHolderSpec(plan: BottlePlan, runId: string): ContainerSpec 
     name: plan.netns.holder,
     image: plan.images.sidecar,
     role: 'network',
-    labels: labelsFor(plan.identity, runId, 'network'),
+    labels: labelsFor(plan, runId, 'network'),
     networks: [{ name: plan.networks.internal, aliases: ['agent'] }],
     env: {},
     entrypoint: ['sleep', 'infinity'],
@@ -107,7 +107,7 @@ export function netFixerSpec(plan: BottlePlan, runId: string): ContainerSpec {
     name: plan.netns.fixer,
     image: plan.images.sidecar,
     role: 'network',
-    labels: labelsFor(plan.identity, runId, 'network'),
+    labels: labelsFor(plan, runId, 'network'),
     networks: [],
     networkMode: { container: plan.netns.holder },
     env: {},

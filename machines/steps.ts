@@ -71,16 +71,22 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     return { existingContainers: existing.sort(), runtimes: [...info.runtimes].sort(), perBottleDockerfile: perBottle };
   };
 
+  /**
+   * Objects of this identity from other runs: a dead run's are orphans (the launch stops and
+   * names `bottle cleanup`); a live run's, from this store or another BOTTLE_HOME, mean the
+   * bottle is busy, and the launch stops without touching them.
+   */
   const probeOrphans = async (input: { identity: string; runId: string }, signal: AbortSignal) => {
-    const [objects, live] = await Promise.all([
-      runtime.listLabelled({ [LABEL.identity]: input.identity }, signal),
-      deps.runs.liveRuns(input.identity),
-    ]);
-    const owned = new Set([...live, input.runId]);
-    const orphans: LabelledObject[] = objects
-      .filter((o) => !owned.has(o.labels[LABEL.run] ?? ''))
-      .sort((a, b) => (a.kind + a.name).localeCompare(b.kind + b.name));
-    return { orphans };
+    const objects = await runtime.listLabelled({ [LABEL.identity]: input.identity }, signal);
+    const orphans: LabelledObject[] = [];
+    const busy: LabelledObject[] = [];
+    for (const o of objects) {
+      const run = o.labels[LABEL.run] ?? '';
+      if (run === input.runId) continue;
+      (await deps.runs.isLive(o.labels[LABEL.home], input.identity, run) ? busy : orphans).push(o);
+    }
+    const order = (a: LabelledObject, b: LabelledObject) => (a.kind + a.name).localeCompare(b.kind + b.name);
+    return { orphans: orphans.sort(order), busy: busy.sort(order) };
   };
 
   const stageFiles = async (input: PlanStepInput) => {
@@ -118,7 +124,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
         [plan.networks.internal, true],
         [plan.networks.egress, false],
       ] as const) {
-        await runtime.ensureNetwork({ name, internal, labels: labelsFor(plan.identity, runId, 'network') }, signal);
+        await runtime.ensureNetwork({ name, internal, labels: labelsFor(plan, runId, 'network') }, signal);
         created.push({ kind: 'network', name, role: internal ? 'internal' : 'egress' });
       }
     } catch (err) {
@@ -164,7 +170,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
       created.push({ kind: 'container', name: plan.netns.holder, role: 'network' });
       await runtime.startContainer(plan.netns.holder, signal);
       await removeDefaultRoute(plan, runId, signal);
-      await runtime.ensureVolume({ name: plan.volume, labels: labelsFor(plan.identity, runId, 'volume') }, signal);
+      await runtime.ensureVolume({ name: plan.volume, labels: labelsFor(plan, runId, 'volume') }, signal);
       created.push({ kind: 'volume', name: plan.volume });
       await runtime.ensureContainer(agentSpec(plan, runId, staged, forwarded), signal);
       created.push({ kind: 'container', name: plan.container, role: 'agent' });

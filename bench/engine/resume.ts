@@ -45,6 +45,7 @@ async function main() {
     manifest: m.manifest,
     manifestDir: home,
     homeDir: home,
+    home,
     agent: 'coder',
     cwd: null,
     overrides: {},

@@ -15,11 +15,10 @@ export async function cmdCleanup(ctx: CliContext, opts: { dryRun?: boolean; json
   const backend = await openBackend(ctx);
   const runs = new StoreRunRegistry(ctx.home);
   const ours = await backend.runtime.listLabelled({ [LABEL.identity]: '' });
-  const live = new Map<string, Set<string>>();
-  for (const identity of new Set(ours.map((o) => o.labels[LABEL.identity] ?? ''))) {
-    live.set(identity, new Set(await runs.liveRuns(identity)));
+  const orphans: LabelledObject[] = [];
+  for (const o of ours) {
+    if (!(await runs.isLive(o.labels[LABEL.home], o.labels[LABEL.identity] ?? '', o.labels[LABEL.run] ?? ''))) orphans.push(o);
   }
-  const orphans = ours.filter((o) => !live.get(o.labels[LABEL.identity] ?? '')?.has(o.labels[LABEL.run] ?? ''));
   const rank = { container: 0, network: 1, volume: 2 } as const;
   orphans.sort((a, b) => rank[a.kind] - rank[b.kind] || a.name.localeCompare(b.name));
   const removed: LabelledObject[] = [];

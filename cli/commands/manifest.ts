@@ -79,7 +79,7 @@ export async function cmdPlan(ctx: CliContext, agent: string, opts: ManifestOpts
     note = `${err.code}: Docker did not answer; the container name and runtime assume an empty engine`;
   }
   const plan = buildPlan(
-    { manifest: loaded.manifest, manifestDir: loaded.dir, homeDir: ctx.homeDir, agent, cwd, overrides, images, runId: 'plan' },
+    { manifest: loaded.manifest, manifestDir: loaded.dir, homeDir: ctx.homeDir, home: ctx.home, agent, cwd, overrides, images, runId: 'plan' },
     { existingContainers: existing, runtimes, perBottleDockerfile: existsSync(perBottleDockerfile(ctx.home, identity)) },
   );
   const summary = { ...planSummary(plan), ...(note ? { note } : {}) };

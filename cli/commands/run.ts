@@ -40,9 +40,12 @@ export function ownerAlive(ctx: CliContext, identity: string, runId: string): bo
   return readLockOwner(lockFile(ctx.home, identity, runId))?.alive === true;
 }
 
-/** Standard streams of this terminal, for an attached agent. */
-function terminalIO(): AgentIO {
-  const io: AgentIO = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr };
+/**
+ * Standard streams of this terminal, for an attached agent. Under --json stdout carries one
+ * JSON document only, so the agent's output goes to stderr.
+ */
+function terminalIO(json: boolean | undefined): AgentIO {
+  const io: AgentIO = { stdin: process.stdin, stdout: json ? process.stderr : process.stdout, stderr: process.stderr };
   if (process.stdin.isTTY && process.stdout.isTTY) {
     io.tty = {
       columns: process.stdout.columns,
@@ -59,7 +62,7 @@ function terminalIO(): AgentIO {
 
 async function host(ctx: CliContext, attach: boolean, quiet = false) {
   const backend = await openBackend(ctx);
-  const io = attach ? terminalIO() : undefined;
+  const io = attach ? terminalIO(quiet) : undefined;
   const progress = (line: string) => {
     if (!quiet) info(`  ${line}`);
   };
@@ -135,6 +138,7 @@ export async function cmdRun(ctx: CliContext, agent: string, opts: RunOpts): Pro
     manifest: loaded.manifest,
     manifestDir: loaded.dir,
     homeDir: ctx.homeDir,
+    home: ctx.home,
     agent,
     cwd,
     overrides: overridesFrom(ctx.env),

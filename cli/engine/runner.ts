@@ -191,31 +191,35 @@ export class RunHost {
     setMaxListeners(0, signal);
     this.append({ kind: 'effect.intent', key, step, attempt });
     this.crashIfAsked('intent', step, attempt);
+    // An invocation the machine cancels by leaving its state gets its outcome at the moment
+    // of the abort, not when the step gets round to noticing: by then the run may be over.
+    let settled = false;
+    const cancelled = { code: 'CANCELLED', message: `${step} was cancelled by a transition` };
+    const onAbort = () => {
+      if (settled) return;
+      settled = true;
+      this.append({ kind: 'effect.failed', key, error: cancelled });
+    };
+    if (signal.aborted) onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
     let output: unknown;
     try {
       output = await this.deps.steps[step](input as never, signal);
     } catch (err) {
-      if (signal.aborted) return this.cancelled(step, key);
+      if (settled) throw cancelled;
+      settled = true;
       const data = { ...toErrorData(err), ...(err && typeof err === 'object' && !(err instanceof Error) ? err : {}) } as ErrorData;
       this.append({ kind: 'effect.failed', key, error: data });
       this.crashIfAsked('completed', step, attempt);
       throw data;
+    } finally {
+      signal.removeEventListener('abort', onAbort);
     }
-    if (signal.aborted) return this.cancelled(step, key);
+    if (settled) throw cancelled;
+    settled = true;
     this.append({ kind: 'effect.completed', key, output: output ?? null });
     this.crashIfAsked('completed', step, attempt);
     return output ?? null;
-  }
-
-  /**
-   * An invocation the machine cancelled by leaving its state: its outcome is recorded so
-   * replay sees every intent closed, and it counts as an attempt, so a later invocation
-   * of the same step gets a fresh key.
-   */
-  private cancelled(step: StepId, key: string): never {
-    const error = { code: 'CANCELLED', message: `${step} was cancelled by a transition` };
-    this.append({ kind: 'effect.failed', key, error });
-    throw error;
   }
 
   private launch(snapshot: unknown) {

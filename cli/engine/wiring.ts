@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { BottleError } from '../../config/errors.js';
@@ -7,8 +8,7 @@ import { FsStager, NodeHostFiles, ProcessHostEnv, SystemClock } from '../../effe
 import type { AgentIO, BottlePaths, BuildProgress, CapabilityApplier, ContainerRuntime, ImageProvider, RunRegistry } from '../../machines/ports.js';
 import type { StepDeps } from '../../machines/steps.js';
 import { readLockOwner } from '../../store/lock.js';
-import { auditDir, bottleHome, lockFile, logsFile, perBottleDockerfile, queueDir, runDir } from '../../store/paths.js';
-import { listRuns } from '../../store/state-doc.js';
+import { auditDir, bottleHome, isSegment, lockFile, logsFile, perBottleDockerfile, queueDir, runDir, runsDir } from '../../store/paths.js';
 import type { FaultPoint } from './runner.js';
 
 /** What every command knows about where it runs; the only reader of process.env besides cli/main.ts. */
@@ -73,11 +73,24 @@ export function storePaths(home: string): BottlePaths {
   };
 }
 
-/** A run is live while its lock's owner process is alive. */
+/**
+ * A run is live while its lock's owner process is alive, judged in the store that owns it
+ * (the object's home label; this store for objects older than that label). A store that
+ * exists but cannot be read counts as live: cleanup must never guess in its favour.
+ */
 export class StoreRunRegistry implements RunRegistry {
   constructor(private readonly home: string) {}
-  async liveRuns(identity: string): Promise<string[]> {
-    return listRuns(this.home, identity).filter((runId) => readLockOwner(lockFile(this.home, identity, runId))?.alive === true);
+  async isLive(home: string | undefined, identity: string, runId: string): Promise<boolean> {
+    const store = home || this.home;
+    if (!isSegment(identity) || !isSegment(runId)) return false;
+    try {
+      if (!existsSync(runsDir(store, identity)) && !existsSync(store)) return false;
+      return readLockOwner(lockFile(store, identity, runId))?.alive === true;
+    } catch (err) {
+      if (err instanceof BottleError && err.code === 'LOG_CORRUPT') return true;
+      if ((err as { code?: unknown }).code === 'EACCES') return true;
+      throw err;
+    }
   }
 }
 

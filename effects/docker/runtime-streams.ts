@@ -85,3 +85,22 @@ export async function isUnrecorded(logFile: string | undefined): Promise<boolean
     throw err;
   }
 }
+
+/**
+ * Where the recorded output of a re-attached container ends: the log file's last write, as
+ * Docker's `since` ("seconds.nanoseconds"); null when nothing is recorded yet.
+ */
+export async function recordedUntil(logFile: string | undefined): Promise<string | null> {
+  if (logFile === undefined) return null;
+  try {
+    const st = await stat(logFile, { bigint: true });
+    return st.size === 0n ? null : dockerTime(st.mtimeNs);
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return null;
+    throw err;
+  }
+}
+
+export function dockerTime(ns: bigint): string {
+  return `${ns / 1_000_000_000n}.${(ns % 1_000_000_000n).toString().padStart(9, '0')}`;
+}

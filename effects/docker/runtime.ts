@@ -21,7 +21,7 @@ import { classifyDockerError, type DockerErrorContext, HINTS, statusOf } from '.
 import { envList, readEnvFile } from './runtime-env.js';
 import { describeReadiness, probeCommand } from './runtime-ready.js';
 import { assertNoEngineSocket, createBody } from './runtime-spec.js';
-import { demuxBuffer, isUnrecorded, logLines, openSinks } from './runtime-streams.js';
+import { demuxBuffer, dockerTime, recordedUntil, isUnrecorded, logLines, openSinks } from './runtime-streams.js';
 import { tarFiles } from './runtime-tar.js';
 
 export interface DockerodeRuntimeOptions {
@@ -193,18 +193,21 @@ export class DockerodeRuntime implements ContainerRuntime {
     const info = await this.call({ op: 'inspect container', object: name }, signal, () => container.inspect({ abortSignal: signal }));
     const wantsOutput = opts.io !== undefined || opts.logFile !== undefined;
     // Output nobody recorded yet (the container ran before anyone attached, or exited already)
-    // is replayed from the daemon's log once; a re-attach continues from the live stream.
+    // is replayed from the daemon's log once. A re-attach after the previous attacher died
+    // first replays what the daemon logged since the log file's last write, so output written
+    // while no CLI was attached is not lost.
     const replay = wantsOutput && (await isUnrecorded(opts.logFile));
+    const since = wantsOutput && !replay ? await recordedUntil(opts.logFile) : null;
 
     if (hasStopped(info)) {
-      if (replay) await this.replayLogs(container, name, opts, signal);
+      if (replay || since) await this.replayLogs(container, name, opts, signal, since ? { since } : {});
       return { exitCode: await this.exitCode(container, name, signal) };
     }
     if (!wantsOutput) {
       if (info.State.Status === 'created') await this.startContainer(name, signal);
       return { exitCode: await this.exitCode(container, name, signal) };
     }
-    return this.attachAndWait(container, info, opts, replay, signal);
+    return this.attachAndWait(container, info, opts, replay, signal, since);
   }
 
   async stopContainer(name: string, timeoutSec: number, signal?: AbortSignal): Promise<void> {
@@ -334,6 +337,7 @@ export class DockerodeRuntime implements ContainerRuntime {
     opts: { io?: AgentIO; logFile?: string },
     replay: boolean,
     signal: AbortSignal | undefined,
+    since: string | null = null,
   ): Promise<{ exitCode: number }> {
     const name = info.Name.replace(/^\//, '');
     const tty = info.Config.Tty;
@@ -349,6 +353,15 @@ export class DockerodeRuntime implements ContainerRuntime {
       )) as unknown as Duplex;
       const attached = stream;
       const ended = finished(attached, { readable: true, writable: false }).catch((err: unknown) => err);
+      if (since) {
+        // The attach stream holds its output (no reader yet) while the gap is filled in, so
+        // the log stays in order: [recorded][logged while detached][live].
+        const attachedAt = dockerTime(BigInt(Date.now()) * 1_000_000n);
+        await this.replayLogs(container, name, { ...(opts.logFile ? { logFile: opts.logFile } : {}), ...(opts.io ? { io: opts.io } : {}) }, signal, {
+          since,
+          until: attachedAt,
+        });
+      }
       if (tty) attached.on('data', (chunk: Buffer) => sinks.stdout.write(chunk));
       else this.docker.modem.demuxStream(attached, sinks.stdout, sinks.stderr);
       // end: false: the user's stdin closing must not end the session for a later re-attach.
@@ -387,9 +400,16 @@ export class DockerodeRuntime implements ContainerRuntime {
     );
   }
 
-  private async replayLogs(container: Docker.Container, name: string, opts: { io?: AgentIO; logFile?: string }, signal: AbortSignal | undefined): Promise<void> {
+  private async replayLogs(
+    container: Docker.Container,
+    name: string,
+    opts: { io?: AgentIO; logFile?: string },
+    signal: AbortSignal | undefined,
+    window: { since?: string; until?: string } = {},
+  ): Promise<void> {
+    // since/until go to the daemon as strings ("seconds.nanoseconds"), which it parses exactly.
     const buf = await this.call({ op: 'read logs of container', object: name }, signal, () =>
-      container.logs({ stdout: true, stderr: true, follow: false, abortSignal: signal }),
+      container.logs({ stdout: true, stderr: true, follow: false, ...(window as object), abortSignal: signal } as Docker.ContainerLogsOptions & { follow: false }),
     );
     const sinks = openSinks(opts.io, opts.logFile);
     try {

@@ -33,6 +33,7 @@ export function testInput(ctx: CliContext, manifest: Manifest, runId = `r${Date.
     manifest,
     manifestDir: ctx.home,
     homeDir: ctx.homeDir,
+    home: ctx.home,
     agent: 'coder',
     cwd: null,
     overrides: {},

@@ -32,6 +32,7 @@ const input = (over: Partial<PlanInput> = {}): PlanInput => ({
   manifest: full,
   manifestDir: '/proj',
   homeDir: '/home/u',
+  home: '/home/u/.local/state/bot-bottle',
   agent: 'coder',
   cwd: null,
   overrides: {},
