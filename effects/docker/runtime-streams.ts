@@ -1,5 +1,5 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { BottleError } from '../../config/errors.js';
@@ -86,19 +86,48 @@ export async function isUnrecorded(logFile: string | undefined): Promise<boolean
   }
 }
 
+/** How far before the log file's last write a re-attach asks the daemon for output again. */
+const OVERLAP_NS = 2_000_000_000n;
+const TAIL_BYTES = 64 * 1024;
+
 /**
- * Where the recorded output of a re-attached container ends: the log file's last write, as
- * Docker's `since` ("seconds.nanoseconds"); null when nothing is recorded yet.
+ * Where the recorded output of a re-attached container ends: a little before the log file's
+ * last write, as Docker's `since` ("seconds.nanoseconds"), with the file's tail to cut what
+ * was already recorded (the daemon's timestamps and our writes are not ordered exactly);
+ * null when nothing is recorded yet.
  */
-export async function recordedUntil(logFile: string | undefined): Promise<string | null> {
+export async function recordedUntil(logFile: string | undefined): Promise<{ since: string; tail: Buffer } | null> {
   if (logFile === undefined) return null;
   try {
     const st = await stat(logFile, { bigint: true });
-    return st.size === 0n ? null : dockerTime(st.mtimeNs);
+    if (st.size === 0n) return null;
+    const handle = await open(logFile, 'r');
+    try {
+      const length = Number(st.size < BigInt(TAIL_BYTES) ? st.size : BigInt(TAIL_BYTES));
+      const tail = Buffer.alloc(length);
+      await handle.read(tail, 0, length, Number(st.size) - length);
+      return { since: dockerTime(st.mtimeNs > OVERLAP_NS ? st.mtimeNs - OVERLAP_NS : 0n), tail };
+    } finally {
+      await handle.close();
+    }
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ENOENT') return null;
     throw err;
   }
+}
+
+/**
+ * `replayed` without its longest leading run of whole lines that the recorded `tail` already
+ * ends with. Cutting only at line ends keeps a repeated short line from being cut by chance.
+ */
+export function withoutRecorded(tail: Buffer, replayed: Buffer): Buffer {
+  let best = 0;
+  for (let nl = replayed.indexOf(0x0a); nl !== -1 && nl < TAIL_BYTES; nl = replayed.indexOf(0x0a, nl + 1)) {
+    const k = nl + 1;
+    const atLineStart = k === tail.length || tail[tail.length - k - 1] === 0x0a;
+    if (k <= tail.length && atLineStart && tail.subarray(tail.length - k).equals(replayed.subarray(0, k))) best = k;
+  }
+  return replayed.subarray(best);
 }
 
 export function dockerTime(ns: bigint): string {

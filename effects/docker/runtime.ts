@@ -21,7 +21,7 @@ import { classifyDockerError, type DockerErrorContext, HINTS, statusOf } from '.
 import { envList, readEnvFile } from './runtime-env.js';
 import { describeReadiness, probeCommand } from './runtime-ready.js';
 import { assertNoEngineSocket, createBody } from './runtime-spec.js';
-import { demuxBuffer, dockerTime, recordedUntil, isUnrecorded, logLines, openSinks } from './runtime-streams.js';
+import { demuxBuffer, dockerTime, recordedUntil, withoutRecorded, isUnrecorded, logLines, openSinks } from './runtime-streams.js';
 import { tarFiles } from './runtime-tar.js';
 
 export interface DockerodeRuntimeOptions {
@@ -200,7 +200,7 @@ export class DockerodeRuntime implements ContainerRuntime {
     const since = wantsOutput && !replay ? await recordedUntil(opts.logFile) : null;
 
     if (hasStopped(info)) {
-      if (replay || since) await this.replayLogs(container, name, opts, signal, since ? { since } : {});
+      if (replay || since) await this.replayLogs(container, name, opts, signal, since ? { since: since.since, recorded: since.tail } : {});
       return { exitCode: await this.exitCode(container, name, signal) };
     }
     if (!wantsOutput) {
@@ -337,7 +337,7 @@ export class DockerodeRuntime implements ContainerRuntime {
     opts: { io?: AgentIO; logFile?: string },
     replay: boolean,
     signal: AbortSignal | undefined,
-    since: string | null = null,
+    since: { since: string; tail: Buffer } | null = null,
   ): Promise<{ exitCode: number }> {
     const name = info.Name.replace(/^\//, '');
     const tty = info.Config.Tty;
@@ -358,8 +358,9 @@ export class DockerodeRuntime implements ContainerRuntime {
         // the log stays in order: [recorded][logged while detached][live].
         const attachedAt = dockerTime(BigInt(Date.now()) * 1_000_000n);
         await this.replayLogs(container, name, { ...(opts.logFile ? { logFile: opts.logFile } : {}), ...(opts.io ? { io: opts.io } : {}) }, signal, {
-          since,
+          since: since.since,
           until: attachedAt,
+          recorded: since.tail,
         });
       }
       if (tty) attached.on('data', (chunk: Buffer) => sinks.stdout.write(chunk));
@@ -405,15 +406,18 @@ export class DockerodeRuntime implements ContainerRuntime {
     name: string,
     opts: { io?: AgentIO; logFile?: string },
     signal: AbortSignal | undefined,
-    window: { since?: string; until?: string } = {},
+    window: { since?: string; until?: string; recorded?: Buffer } = {},
   ): Promise<void> {
+    const { recorded, ...range } = window;
     // since/until go to the daemon as strings ("seconds.nanoseconds"), which it parses exactly.
     const buf = await this.call({ op: 'read logs of container', object: name }, signal, () =>
-      container.logs({ stdout: true, stderr: true, follow: false, ...(window as object), abortSignal: signal } as Docker.ContainerLogsOptions & { follow: false }),
+      container.logs({ stdout: true, stderr: true, follow: false, ...(range as object), abortSignal: signal } as Docker.ContainerLogsOptions & { follow: false }),
     );
     const sinks = openSinks(opts.io, opts.logFile);
     try {
-      const { stdout, stderr } = demuxBuffer(buf);
+      const demuxed = demuxBuffer(buf);
+      const stdout = recorded ? withoutRecorded(recorded, demuxed.stdout) : demuxed.stdout;
+      const stderr = recorded ? withoutRecorded(recorded, demuxed.stderr) : demuxed.stderr;
       if (stdout.length > 0) sinks.stdout.write(stdout);
       if (stderr.length > 0) sinks.stderr.write(stderr);
     } finally {
