@@ -4,7 +4,8 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     testTimeout: 120_000,
-    hookTimeout: 300_000,
+    // Deadlines for waiting on Docker (image builds on a cold machine), not speed checks.
+    hookTimeout: 900_000,
     pool: 'forks',
     fileParallelism: false,
   },

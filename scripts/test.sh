@@ -9,4 +9,7 @@ bash scripts/docker-up.sh
 node scripts/build.mjs
 npx tsc --noEmit -p tsconfig.json
 npx biome lint .
+# The images every Docker test uses, built once up front with progress (cached by content
+# hash: a second run on this machine builds nothing). bootstrap: never ask a registry.
+BOTTLE_HOME="${BOTTLE_HOME:-$(mktemp -d)}" ./bin/bottle images build --base bootstrap
 npx vitest run "$@"
