@@ -1,0 +1,111 @@
+import { readFileSync } from 'node:fs';
+import { openAuditLog } from './audit.js';
+import { watchAllowlistFile } from './allowlist-file.js';
+import { allowlistLines, parseDenyList, parsePort } from './policy.js';
+import { createEgressProxy } from './proxy.js';
+
+/**
+ * The egress sidecar: an allowlist forward proxy, the agent's only way out of its bottle.
+ * Runs on Debian's Node 18 inside the sidecar image; Node built-ins only.
+ *
+ * env:
+ *   BOTTLE_SIDECAR_PORT      port to listen on (default 3128); GET /healthz answers there too
+ *   BOTTLE_EGRESS_ALLOWLIST  the allowlist file, one entry a line (default /run/bottle/egress/allowlist);
+ *                            re-read when it changes (replace it by renaming a new file into place)
+ *   BOTTLE_EGRESS_AUDIT      file the audit lines are appended to (default: stdout)
+ *   BOTTLE_EGRESS_DENY       comma-separated addresses or CIDR blocks never dialled (the bottle networks' gateways)
+ *   BOTTLE_BOTTLE            the bottle's name in the manifest, for the "add it to bottles.<bottle>.egress.allow" hint
+ *   BOTTLE_RUN               the run id, stamped on every audit line when set
+ *
+ * Fails closed: an unreadable allowlist at start, an unreadable deny list or audit file, or a
+ * bad port exits non-zero; /healthz answers 503 while the allowlist file cannot be read.
+ */
+
+const env = process.env;
+const die = (message: string, code = 1): never => {
+  process.stderr.write(`egress: ${message}\n`);
+  process.exit(code);
+};
+
+const portText = env.BOTTLE_SIDECAR_PORT ?? '3128';
+const port = parsePort(portText) ?? die(`BOTTLE_SIDECAR_PORT must be a port number, got '${portText}'`, 2);
+const allowlistPath = env.BOTTLE_EGRESS_ALLOWLIST || '/run/bottle/egress/allowlist';
+const bottle = env.BOTTLE_BOTTLE || undefined;
+
+const denyList = parseDenyList(env.BOTTLE_EGRESS_DENY ?? '');
+if (denyList.errors.length > 0) {
+  die(`BOTTLE_EGRESS_DENY: ${denyList.errors.map((e) => `"${e.entry}": ${e.message}`).join('; ')}`, 2);
+}
+
+let initialText: string;
+try {
+  initialText = readFileSync(allowlistPath, 'utf8');
+} catch (err) {
+  die(`cannot read the allowlist ${allowlistPath}: ${(err as Error).message}; refusing to start without a policy`);
+}
+
+let audit: ReturnType<typeof openAuditLog>;
+try {
+  audit = openAuditLog(env.BOTTLE_EGRESS_AUDIT || undefined, env.BOTTLE_RUN ? { run: env.BOTTLE_RUN } : {});
+} catch (err) {
+  die(`cannot open the audit log ${env.BOTTLE_EGRESS_AUDIT}: ${(err as Error).message}`);
+}
+
+let readError: string | undefined;
+const reportErrors = (errors: readonly { entry: string; message: string }[]) => {
+  for (const e of errors) process.stderr.write(`egress: allowlist entry "${e.entry}" ignored: ${e.message}\n`);
+};
+
+const proxy = createEgressProxy({
+  allowlist: allowlistLines(initialText!),
+  deny: denyList.blocks,
+  ...(bottle !== undefined ? { bottle } : {}),
+  audit: (record) => audit.write(record),
+  log: (message) => process.stderr.write(`${message}\n`),
+  health: () =>
+    readError === undefined
+      ? { ok: true, message: `ok: ${proxy.policy.rules.length} allowlist entries` }
+      : { ok: false, message: `cannot read the allowlist ${allowlistPath}: ${readError}` },
+});
+reportErrors(proxy.policy.errors);
+
+const watcher = watchAllowlistFile(
+  allowlistPath,
+  (entries) => {
+    readError = undefined;
+    const policy = proxy.setAllowlist(entries);
+    reportErrors(policy.errors);
+    process.stderr.write(`egress: allowlist reloaded: ${policy.rules.length} entries\n`);
+  },
+  {
+    initialText: initialText!,
+    onRecover: () => {
+      readError = undefined;
+      process.stderr.write(`egress: the allowlist ${allowlistPath} is readable again\n`);
+    },
+    onError: (err) => {
+      // The last good policy stays in force (an allowlist only ever grants); health says so.
+      readError = err.message;
+      process.stderr.write(`egress: cannot read the allowlist ${allowlistPath}: ${err.message}; keeping the previous one\n`);
+    },
+  },
+);
+
+proxy.on('error', (err) => die(`cannot listen on port ${port}: ${err.message}`));
+proxy.listen(port, () => {
+  process.stderr.write(`egress: listening on ${port}, ${proxy.policy.rules.length} allowlist entries from ${allowlistPath}\n`);
+  process.stdout.write('ready\n');
+});
+
+// PID 1 in a container gets no default signal handling: without this, `docker stop` waits out its timeout.
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(signal, () => {
+    watcher.close();
+    proxy.close(() => {
+      audit.close();
+      process.exit(0);
+    });
+    proxy.closeAllConnections?.();
+    setTimeout(() => process.exit(0), 1000).unref();
+  });
+}

@@ -1,0 +1,379 @@
+/**
+ * The egress sidecar's policy, as pure functions: which targets the allowlist lets through,
+ * how a `host:port` the client names is read, and which addresses the proxy never dials.
+ * Node built-ins only (this runs on Debian's Node 18 in the sidecar image).
+ *
+ * Allowlist entries (one per line in the allowlist file):
+ *   host            that host on ports 80 and 443
+ *   host:port       that host on that port only
+ *   *.domain        every subdomain of domain (any depth) on 80 and 443, never domain itself
+ *   *.domain:port   the same on that port only
+ *   1.2.3.4[:port]  an IPv4 literal (IP targets are allowed only when listed literally)
+ *   [v6][:port]     an IPv6 literal, in brackets
+ * Blank lines and lines starting with # are ignored; entries are case-insensitive and a
+ * trailing dot on a name is dropped (`example.com.` is `example.com`).
+ */
+
+export interface Target {
+  /** Lowercased name without a trailing dot, a dotted-quad IPv4, or a canonical IPv6 (no brackets). */
+  host: string;
+  port: number;
+}
+
+export interface Rule {
+  /** The entry as written in the allowlist (trimmed), reported as the decision's `rule`. */
+  text: string;
+  kind: 'exact' | 'wildcard';
+  /** The exact host, or for a wildcard the domain after `*.`. */
+  host: string;
+  /** The ports this entry allows. */
+  ports: readonly number[];
+}
+
+export interface EntryError {
+  entry: string;
+  message: string;
+}
+
+export type Decision = { allowed: true; rule: string; reason: string } | { allowed: false; rule?: undefined; reason: string };
+
+export interface Policy {
+  readonly rules: readonly Rule[];
+  /** Entries that could not be read; they allow nothing. */
+  readonly errors: readonly EntryError[];
+  decide(target: Target): Decision;
+}
+
+export const DEFAULT_PORTS: readonly number[] = [80, 443];
+
+const LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/;
+const PORT = /^[1-9][0-9]{0,4}$/;
+const OCTET = '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])';
+const IPV4 = new RegExp(`^${OCTET}(\\.${OCTET}){3}$`);
+/** What inet_aton (and so getaddrinfo) would read as a number: digits, or 0x-hex. */
+const NUMERIC_LABEL = /^(0x[0-9a-f]*|[0-9]+)$/;
+
+export type ParseResult<T> = { ok: true; value: T } | { ok: false; message: string };
+
+const fail = <T>(message: string): ParseResult<T> => ({ ok: false, message });
+
+/** A port written as 1..65535 in plain decimal (no sign, no leading zero). */
+export function parsePort(text: string): number | undefined {
+  if (!PORT.test(text)) return undefined;
+  const port = Number(text);
+  return port <= 65535 ? port : undefined;
+}
+
+export function isIPv4Literal(host: string): boolean {
+  return IPV4.test(host);
+}
+
+/**
+ * Reads a host name or IPv4 literal (no brackets, no port); returns it lowercased without a
+ * trailing dot. Anything a resolver might read as a number in another spelling (`127.1`,
+ * `0x7f.0.0.1`, `2130706433`, `0177.0.0.1`) is refused: an IP target must be a plain dotted quad.
+ */
+export function parseHostName(raw: string): ParseResult<string> {
+  let host = raw.toLowerCase();
+  if (host.endsWith('.')) host = host.slice(0, -1);
+  if (host === '') return fail('the host is missing');
+  if (host.length > 253) return fail('the host name is longer than 253 characters');
+  if (IPV4.test(host)) return { ok: true, value: host };
+  const labels = host.split('.');
+  for (const label of labels) {
+    if (label === '') return fail('the host name has an empty label');
+    if (!LABEL.test(label)) return fail(`"${label}" is not a valid host name label`);
+  }
+  if (NUMERIC_LABEL.test(labels[labels.length - 1]!)) {
+    return fail('an IP address must be written as a plain dotted quad such as 192.0.2.1');
+  }
+  return { ok: true, value: host };
+}
+
+/** Reads the inside of `[...]` as an IPv6 literal and returns its canonical form, or undefined. */
+export function canonicalIPv6(text: string): string | undefined {
+  if (text.includes('%')) return undefined; // zone ids name an interface of the proxy's host
+  if (parseIPv6(text) === undefined) return undefined;
+  try {
+    const host = new URL(`http://[${text}]/`).hostname;
+    return host.slice(1, -1);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Reads an authority `host:port`, `host`, `[v6]:port` or `[v6]` strictly. The port is
+ * required unless `defaultPort` is given (CONNECT targets need one; absolute URIs default to 80).
+ */
+export function parseAuthority(authority: string, defaultPort?: number): ParseResult<Target> {
+  if (authority === '') return fail('the target is empty');
+  let hostPart: string;
+  let portPart: string | undefined;
+  if (authority.startsWith('[')) {
+    const close = authority.indexOf(']');
+    if (close === -1) return fail('an IPv6 literal is missing its closing bracket');
+    hostPart = authority.slice(0, close + 1);
+    const rest = authority.slice(close + 1);
+    if (rest !== '') {
+      if (!rest.startsWith(':')) return fail('unexpected text after the IPv6 literal');
+      portPart = rest.slice(1);
+    }
+  } else {
+    const colon = authority.indexOf(':');
+    if (colon !== authority.lastIndexOf(':')) return fail('an IPv6 literal must be written in brackets, as in [2001:db8::1]:443');
+    hostPart = colon === -1 ? authority : authority.slice(0, colon);
+    portPart = colon === -1 ? undefined : authority.slice(colon + 1);
+  }
+  let port: number | undefined;
+  if (portPart === undefined) {
+    if (defaultPort === undefined) return fail('the target needs a port, as in host:443');
+    port = defaultPort;
+  } else {
+    port = parsePort(portPart);
+    if (port === undefined) return fail(`the port "${portPart}" is not a number from 1 to 65535`);
+  }
+  if (hostPart.startsWith('[')) {
+    const v6 = canonicalIPv6(hostPart.slice(1, -1));
+    if (v6 === undefined) return fail('not a valid IPv6 literal');
+    return { ok: true, value: { host: v6, port } };
+  }
+  const host = parseHostName(hostPart);
+  if (!host.ok) return host;
+  return { ok: true, value: { host: host.value, port } };
+}
+
+/** `host:port`, with IPv6 hosts in brackets. */
+export function formatTarget(t: Target): string {
+  return `${t.host.includes(':') ? `[${t.host}]` : t.host}:${t.port}`;
+}
+
+/** Reads one allowlist entry (see the file comment). */
+export function parseEntry(raw: string): ParseResult<Rule> {
+  const text = raw.trim();
+  if (text === '') return fail('the entry is empty');
+  if (/\s/.test(text)) return fail('an entry must not contain whitespace');
+  if (text.includes('://') || text.includes('/')) return fail('write a host, host:port or *.domain, not a URL');
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: the range is all of ASCII
+  if (!/^[\u0000-\u007f]*$/.test(text)) return fail('an entry must be ASCII (write an international name in its xn-- form)');
+  const wildcard = text.startsWith('*.');
+  const rest = wildcard ? text.slice(2) : text;
+  if (rest.includes('*')) return fail('a wildcard is only allowed as the whole first label, as in *.example.com');
+  const parsed = parseAuthority(rest, 0);
+  if (!parsed.ok) return parsed;
+  const { host, port } = parsed.value;
+  const ports = port === 0 ? DEFAULT_PORTS : [port];
+  if (wildcard) {
+    if (host.includes(':') || IPV4.test(host)) return fail('a wildcard needs a domain name, not an IP address');
+    if (!host.includes('.')) return fail('a wildcard needs a domain of at least two labels, as in *.example.com');
+    return { ok: true, value: { text, kind: 'wildcard', host, ports } };
+  }
+  return { ok: true, value: { text, kind: 'exact', host, ports } };
+}
+
+/** Splits an allowlist file's text into its entries (drops blank lines and # comments). */
+export function allowlistLines(text: string): string[] {
+  return text
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !l.startsWith('#'));
+}
+
+function matches(rule: Rule, host: string): boolean {
+  return rule.kind === 'exact' ? rule.host === host : host.endsWith(`.${rule.host}`);
+}
+
+/** Compiles allowlist entries into a policy. Bad entries are reported in `errors` and allow nothing. */
+export function createPolicy(entries: readonly string[]): Policy {
+  const rules: Rule[] = [];
+  const errors: EntryError[] = [];
+  for (const entry of entries) {
+    const parsed = parseEntry(entry);
+    if (parsed.ok) rules.push(parsed.value);
+    else errors.push({ entry, message: parsed.message });
+  }
+  const decide = (target: Target): Decision => {
+    // Targets come from parseAuthority; normalise again so a hand-made one cannot slip past.
+    let host = target.host.toLowerCase();
+    if (host.endsWith('.')) host = host.slice(0, -1);
+    const named = rules.filter((r) => matches(r, host));
+    const rule = named.find((r) => r.ports.includes(target.port));
+    const where = formatTarget({ host, port: target.port });
+    if (rule) return { allowed: true, rule: rule.text, reason: `${where} is allowed by "${rule.text}"` };
+    if (named.length > 0) {
+      const ports = [...new Set(named.flatMap((r) => r.ports))].sort((a, b) => a - b);
+      return { allowed: false, reason: `port ${target.port} is not allowed for ${host} (allowed: ${ports.join(', ')})` };
+    }
+    return { allowed: false, reason: `${host} is not in the allowlist` };
+  };
+  return { rules, errors, decide };
+}
+
+/** The allowlist entry that would allow `target`: the bare host for 80/443, else host:port. */
+export function suggestedEntry(target: Target): string {
+  const host = target.host.includes(':') ? `[${target.host}]` : target.host;
+  return DEFAULT_PORTS.includes(target.port) ? host : `${host}:${target.port}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// Addresses the proxy never dials, whatever name led there.
+
+type Bytes = number[];
+
+function parseIPv4Bytes(text: string): Bytes | undefined {
+  if (!IPV4.test(text)) return undefined;
+  return text.split('.').map(Number);
+}
+
+/** Parses an IPv6 address (optionally with a %zone, which is ignored) into 16 bytes. */
+export function parseIPv6(text: string): Bytes | undefined {
+  const zone = text.indexOf('%');
+  let s = (zone === -1 ? text : text.slice(0, zone)).toLowerCase();
+  if (s === '' || !/^[0-9a-f:.]+$/.test(s)) return undefined;
+  let tail: Bytes = [];
+  const lastColon = s.lastIndexOf(':');
+  if (s.includes('.')) {
+    const v4 = parseIPv4Bytes(s.slice(lastColon + 1));
+    if (v4 === undefined) return undefined;
+    tail = v4;
+    s = `${s.slice(0, lastColon + 1)}0:0`; // placeholder groups, replaced below
+  }
+  const halves = s.split('::');
+  if (halves.length > 2) return undefined;
+  const groups = (part: string): string[] | undefined => {
+    if (part === '') return [];
+    const gs = part.split(':');
+    return gs.every((g) => /^[0-9a-f]{1,4}$/.test(g)) ? gs : undefined;
+  };
+  const head = groups(halves[0]!);
+  const rest = halves.length === 2 ? groups(halves[1]!) : [];
+  if (head === undefined || rest === undefined) return undefined;
+  let all: string[];
+  if (halves.length === 2) {
+    const missing = 8 - head.length - rest.length;
+    if (missing < 1) return undefined;
+    all = [...head, ...new Array<string>(missing).fill('0'), ...rest];
+  } else {
+    all = head;
+  }
+  if (all.length !== 8) return undefined;
+  const bytes: Bytes = [];
+  for (const g of all) {
+    const n = Number.parseInt(g, 16);
+    bytes.push(n >> 8, n & 0xff);
+  }
+  if (tail.length === 4) bytes.splice(12, 4, ...tail);
+  return bytes;
+}
+
+/** An IP address as 4 or 16 bytes, or undefined when `text` is not one. */
+export function parseIp(text: string): Bytes | undefined {
+  return parseIPv4Bytes(text) ?? (text.includes(':') ? parseIPv6(text) : undefined);
+}
+
+const zeros = (b: Bytes, from: number, to: number) => b.slice(from, to).every((x) => x === 0);
+
+/** The IPv4 address an IPv6 address stands for (mapped, compatible, translated, NAT64, 6to4), if any. */
+function embeddedIPv4(b: Bytes): Bytes | undefined {
+  if (zeros(b, 0, 10) && b[10] === 0xff && b[11] === 0xff) return b.slice(12); // ::ffff:a.b.c.d
+  if (zeros(b, 0, 8) && b[8] === 0xff && b[9] === 0xff && zeros(b, 10, 12)) return b.slice(12); // ::ffff:0:a.b.c.d
+  if (zeros(b, 0, 12) && !zeros(b, 12, 16) && !(zeros(b, 12, 15) && b[15] === 1)) return b.slice(12); // ::a.b.c.d
+  if (b[0] === 0x00 && b[1] === 0x64 && b[2] === 0xff && b[3] === 0x9b && zeros(b, 4, 12)) return b.slice(12); // 64:ff9b::/96
+  if (b[0] === 0x20 && b[1] === 0x02) return b.slice(2, 6); // 2002::/16 (6to4)
+  return undefined;
+}
+
+function classifyIPv4(b: Bytes): string | undefined {
+  const [a, c] = [b[0]!, b[1]!];
+  if (a === 0) return 'unspecified';
+  if (a === 127) return 'loopback';
+  if (a === 169 && c === 254) return b[2] === 169 && b[3] === 254 ? 'link-local (cloud metadata)' : 'link-local';
+  if (a >= 224 && a <= 239) return 'multicast';
+  if (b.every((x) => x === 255)) return 'broadcast';
+  if (a >= 240) return 'reserved';
+  if (a === 100 && c === 100 && b[2] === 100 && b[3] === 200) return 'cloud metadata';
+  return undefined;
+}
+
+function classifyIPv6(b: Bytes): string | undefined {
+  if (zeros(b, 0, 16)) return 'unspecified';
+  if (zeros(b, 0, 15) && b[15] === 1) return 'loopback';
+  if (b[0] === 0xfe && (b[1]! & 0xc0) === 0x80) return 'link-local';
+  if (b[0] === 0xff) return 'multicast';
+  // fd00:ec2::254, the AWS metadata service over IPv6.
+  if (b[0] === 0xfd && b[1] === 0 && b[2] === 0x0e && b[3] === 0xc2 && zeros(b, 4, 14) && b[14] === 0x02 && b[15] === 0x54) {
+    return 'cloud metadata';
+  }
+  return undefined;
+}
+
+export interface AddressBlock {
+  /** As written, for messages. */
+  text: string;
+  bytes: Bytes;
+  prefix: number;
+}
+
+/** Reads `addr` or `addr/prefix` (IPv4 or IPv6). */
+export function parseAddressBlock(raw: string): ParseResult<AddressBlock> {
+  const text = raw.trim();
+  const slash = text.indexOf('/');
+  const addr = slash === -1 ? text : text.slice(0, slash);
+  const bytes = parseIp(addr);
+  if (bytes === undefined) return fail(`"${addr}" is not an IP address`);
+  const max = bytes.length * 8;
+  let prefix = max;
+  if (slash !== -1) {
+    const p = text.slice(slash + 1);
+    if (!/^(0|[1-9][0-9]{0,2})$/.test(p) || Number(p) > max) return fail(`"${p}" is not a prefix length from 0 to ${max}`);
+    prefix = Number(p);
+  }
+  return { ok: true, value: { text, bytes, prefix } };
+}
+
+/** Reads a comma-separated deny list (BOTTLE_EGRESS_DENY): addresses or CIDR blocks. */
+export function parseDenyList(text: string): { blocks: AddressBlock[]; errors: EntryError[] } {
+  const blocks: AddressBlock[] = [];
+  const errors: EntryError[] = [];
+  for (const part of text.split(',')) {
+    if (part.trim() === '') continue;
+    const parsed = parseAddressBlock(part);
+    if (parsed.ok) blocks.push(parsed.value);
+    else errors.push({ entry: part.trim(), message: parsed.message });
+  }
+  return { blocks, errors };
+}
+
+function inBlock(b: Bytes, block: AddressBlock): boolean {
+  if (b.length !== block.bytes.length) return false;
+  let bits = block.prefix;
+  for (let i = 0; bits > 0; i++, bits -= 8) {
+    const mask = bits >= 8 ? 0xff : (0xff << (8 - bits)) & 0xff;
+    if ((b[i]! & mask) !== (block.bytes[i]! & mask)) return false;
+  }
+  return true;
+}
+
+/**
+ * Why the proxy must never connect to `ip`, or undefined when it may: loopback, link-local
+ * (the cloud metadata address among them), unspecified, multicast, broadcast/reserved, the
+ * IPv6 forms that stand for such an IPv4 address (`::ffff:127.0.0.1`, NAT64, 6to4), and any
+ * address in `extraDeny` (the bottle networks' gateways). Something that is not an IP
+ * address at all is refused too.
+ */
+export function forbiddenAddress(ip: string, extraDeny: readonly AddressBlock[] = []): string | undefined {
+  const bytes = parseIp(ip);
+  if (bytes === undefined) return 'not an IP address';
+  const forms: Bytes[] = [bytes];
+  if (bytes.length === 16) {
+    const v4 = embeddedIPv4(bytes);
+    if (v4 !== undefined) forms.push(v4);
+  }
+  for (const b of forms) {
+    const cls = b.length === 4 ? classifyIPv4(b) : classifyIPv6(b);
+    if (cls !== undefined) return b === bytes ? cls : `${cls} (as ${b.join('.')})`;
+    const block = extraDeny.find((d) => inBlock(b, d));
+    if (block !== undefined) return `on the deny list (${block.text})`;
+  }
+  return undefined;
+}

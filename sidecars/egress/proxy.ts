@@ -1,0 +1,614 @@
+import { promises as dnsPromises } from 'node:dns';
+import http from 'node:http';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { AuditRecord } from './audit.js';
+import {
+  type AddressBlock,
+  createPolicy,
+  type Decision,
+  forbiddenAddress,
+  formatTarget,
+  type Policy,
+  parseAuthority,
+  suggestedEntry,
+  type Target,
+} from './policy.js';
+
+export type { AuditLog, AuditRecord } from './audit.js';
+export { openAuditLog } from './audit.js';
+export { readAllowlistFile, watchAllowlistFile } from './allowlist-file.js';
+
+/**
+ * The egress proxy: the agent's only route out of its bottle.
+ *
+ * - Plain HTTP: absolute-URI requests (`GET http://host/path`) only; the Host header must name
+ *   the same host:port; hop-by-hop and Proxy-* headers are dropped; bodies stream both ways.
+ * - Everything else: CONNECT host:port tunnels.
+ * - The decision is made on the target the proxy dials: the allowlist first (a refused name is
+ *   never even resolved), then the proxy resolves the name itself, refuses it when any address
+ *   is forbidden (loopback, link-local, ... see policy.forbiddenAddress) and connects to the
+ *   vetted address, never re-resolving (no DNS-rebinding window).
+ * - A refusal is a 403 whose text names the host:port and the manifest key that would allow it.
+ */
+
+export interface Health {
+  ok: boolean;
+  message: string;
+}
+
+export interface EgressProxyOptions {
+  /** The initial allowlist entries (see policy.ts); default none: everything is refused. */
+  allowlist?: readonly string[];
+  /** Resolves a name to all its addresses; default dns.lookup(all) (which reads /etc/hosts). */
+  resolve?: (host: string) => Promise<string[]>;
+  /** Why an address must not be dialled, or undefined; default policy.forbiddenAddress with `deny`. */
+  isForbidden?: (address: string) => string | undefined;
+  /** Extra forbidden addresses/blocks for the default isForbidden (the bottle networks' gateways). */
+  deny?: readonly AddressBlock[];
+  /** The bottle's name in the manifest, for the "add it to bottles.<bottle>.egress.allow" hint. */
+  bottle?: string;
+  /** Receives one record per decision; default none. */
+  audit?: (record: AuditRecord) => void;
+  /** Diagnostics (not decisions); default none. */
+  log?: (message: string) => void;
+  /** Answers `GET /healthz` (origin-form) on the proxy port; without it /healthz is refused like any origin-form request. */
+  health?: () => Health;
+  /** Time allowed to send the request headers (ms); default 10 000. */
+  headersTimeoutMs?: number;
+  /** Time allowed to send the whole request, body included (ms); default 300 000. */
+  requestTimeoutMs?: number;
+  /** A tunnel or upstream exchange with no traffic either way for this long is closed (ms); default 600 000. */
+  idleTimeoutMs?: number;
+  /** Time allowed to connect to the upstream (ms); default 10 000. */
+  connectTimeoutMs?: number;
+  /** Largest request head accepted (bytes); default 16 KiB; larger gets 431. */
+  maxHeaderSize?: number;
+  /** Clock for audit records; default Date.now. */
+  now?: () => number;
+}
+
+export interface EgressProxy extends http.Server {
+  /** Replaces the allowlist for requests that arrive from now on; open tunnels and requests are left alone. */
+  setAllowlist(entries: readonly string[]): Policy;
+  /** The policy in force. */
+  readonly policy: Policy;
+}
+
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'expect', // the proxy answers 100-continue itself
+]);
+
+type HeaderMap = Record<string, string | string[]>;
+
+/** End-to-end headers of `headers` (lowercase names): drops hop-by-hop, Proxy-*, and what Connection names. */
+export function endToEndHeaders(headers: http.IncomingHttpHeaders, drop: readonly string[] = []): HeaderMap {
+  const named = new Set(drop);
+  const connection = headers.connection;
+  for (const v of Array.isArray(connection) ? connection : connection ? [connection] : []) {
+    for (const token of v.split(',')) named.add(token.trim().toLowerCase());
+  }
+  const out: HeaderMap = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || name.startsWith('proxy-') || named.has(name)) continue;
+    out[name] = value;
+  }
+  return out;
+}
+
+async function defaultResolve(host: string): Promise<string[]> {
+  const found = await dnsPromises.lookup(host, { all: true, verbatim: true });
+  return found.map((a) => a.address);
+}
+
+class UpstreamError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly code: string,
+  ) {
+    super(message);
+  }
+}
+
+function connectOnce(address: string, port: number, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: address, port });
+    const fail = (err: Error) => {
+      socket.destroy();
+      reject(err);
+    };
+    const timer = setTimeout(() => fail(new UpstreamError(`connecting to ${address} timed out`, 504, 'ETIMEDOUT')), timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeListener('error', onError);
+      resolve(socket);
+    });
+    const onError = (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      fail(new UpstreamError(`connecting to ${address}: ${err.code ?? err.message}`, 502, err.code ?? 'ECONNECT'));
+    };
+    socket.once('error', onError);
+  });
+}
+
+/** Tries each vetted address in turn. */
+async function dial(addresses: readonly string[], port: number, timeoutMs: number): Promise<{ socket: net.Socket; address: string }> {
+  let last: unknown;
+  for (const address of addresses) {
+    try {
+      return { socket: await connectOnce(address, port, timeoutMs), address };
+    } catch (err) {
+      last = err;
+    }
+  }
+  throw last;
+}
+
+const TEXT = 'text/plain; charset=utf-8';
+
+/** A complete response written straight to a socket (CONNECT refusals, client errors). */
+function rawResponse(socket: Duplex, status: number, text: string, extra: Record<string, string> = {}): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const body = Buffer.from(text);
+  const head = [
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Error'}`,
+    `Content-Type: ${TEXT}`,
+    `Content-Length: ${body.length}`,
+    'Connection: close',
+    ...Object.entries(extra).map(([k, v]) => `${k}: ${v}`),
+    '',
+    '',
+  ].join('\r\n');
+  socket.end(Buffer.concat([Buffer.from(head), body]));
+  // A client that keeps its side open does not keep the socket alive.
+  setTimeout(() => socket.destroy(), 2000).unref();
+}
+
+interface Vetted {
+  ok: true;
+  addresses: string[];
+}
+interface Refused {
+  ok: false;
+  status: number;
+  reason: string;
+  /** A refusal by address policy (403) rather than a failure to resolve (502). */
+  forbidden: boolean;
+}
+
+export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
+  const now = opts.now ?? Date.now;
+  const resolve = opts.resolve ?? defaultResolve;
+  const deny = opts.deny ?? [];
+  const isForbidden = opts.isForbidden ?? ((ip: string) => forbiddenAddress(ip, deny));
+  const bottle = opts.bottle ?? '<bottle>';
+  const audit = opts.audit ?? (() => undefined);
+  const log = opts.log ?? (() => undefined);
+  const headersTimeout = opts.headersTimeoutMs ?? 10_000;
+  const requestTimeout = Math.max(opts.requestTimeoutMs ?? 300_000, headersTimeout);
+  const idleTimeout = opts.idleTimeoutMs ?? 600_000;
+  const connectTimeout = opts.connectTimeoutMs ?? 10_000;
+  let policy = createPolicy(opts.allowlist ?? []);
+
+  const server = http.createServer({
+    maxHeaderSize: opts.maxHeaderSize ?? 16 * 1024,
+    headersTimeout,
+    requestTimeout,
+    // How often Node checks the two timeouts above; its default (30 s) would make them coarse.
+    connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(headersTimeout / 4))),
+  }) as EgressProxy;
+
+  const allowHint = (target: Target) =>
+    `To allow it, add "${suggestedEntry(target)}" to bottles.${bottle}.egress.allow in the manifest.`;
+
+  const deniedText = (method: string, target: Target, decision: Decision) =>
+    `egress: refused ${method} ${formatTarget(target)}: ${decision.reason}.\n${allowHint(target)}\n`;
+
+  async function vet(target: Target): Promise<Vetted | Refused> {
+    let addresses: string[];
+    if (net.isIP(target.host)) {
+      addresses = [target.host];
+    } else {
+      try {
+        addresses = await resolve(target.host);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+        return { ok: false, status: 502, reason: `could not resolve ${target.host} (${code})`, forbidden: false };
+      }
+      if (addresses.length === 0) return { ok: false, status: 502, reason: `${target.host} has no address`, forbidden: false };
+    }
+    for (const address of addresses) {
+      const why = isForbidden(address);
+      if (why !== undefined) {
+        const what = address === target.host ? address : `${target.host} resolves to ${address}`;
+        return { ok: false, status: 403, reason: `${what}, a ${why} address, which the egress proxy never connects to`, forbidden: true };
+      }
+    }
+    return { ok: true, addresses };
+  }
+
+  const clientOf = (socket: net.Socket | Duplex) => {
+    const s = socket as net.Socket;
+    return s.remoteAddress === undefined ? 'unknown' : `${s.remoteAddress}:${s.remotePort}`;
+  };
+
+  // ---- plain HTTP ------------------------------------------------------------------
+
+  const onRequest = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean) => {
+    const at = now();
+    const method = req.method ?? 'GET';
+    const url = req.url ?? '';
+    const base = { at, client: clientOf(req.socket), method };
+    const finish = (rec: Partial<AuditRecord> & Pick<AuditRecord, 'decision' | 'reason'>) =>
+      audit({ ...base, host: null, port: null, rule: null, bytes_up: 0, bytes_down: 0, duration_ms: now() - at, ...rec });
+    const refuse = (status: number, text: string, target: Target | null, reason: string, rule?: string) => {
+      finish({ decision: 'deny', reason, status, host: target?.host ?? null, port: target?.port ?? null, rule: rule ?? null });
+      res.writeHead(status, { 'content-type': TEXT, 'content-length': Buffer.byteLength(text), connection: 'close' });
+      res.end(text);
+    };
+
+    if (url.startsWith('/')) {
+      if (url === '/healthz' && (method === 'GET' || method === 'HEAD') && opts.health) {
+        const h = opts.health();
+        const text = `${h.message}\n`;
+        res.writeHead(h.ok ? 200 : 503, { 'content-type': TEXT, 'content-length': Buffer.byteLength(text) });
+        res.end(method === 'HEAD' ? undefined : text);
+        return;
+      }
+      const reason = 'origin-form request to the proxy itself';
+      refuse(400, `egress: this is a forward proxy; send absolute-URI requests (GET http://host/path) or CONNECT host:port.\n`, null, reason);
+      return;
+    }
+    const m = /^http:\/\/([^/?#]*)([/?][^#]*)?$/i.exec(url);
+    if (!m) {
+      const reason = /^https:/i.test(url) ? 'https:// URI in a plain request (use CONNECT)' : 'request target is not an absolute http:// URI';
+      refuse(400, `egress: ${reason}.\n`, null, reason);
+      return;
+    }
+    const authority = m[1]!;
+    if (authority.includes('@')) {
+      refuse(400, 'egress: credentials in the request URI are not forwarded.\n', null, 'userinfo in the request URI');
+      return;
+    }
+    const parsed = parseAuthority(authority, 80);
+    if (!parsed.ok) {
+      refuse(400, `egress: bad target "${authority}": ${parsed.message}.\n`, null, `bad target: ${parsed.message}`);
+      return;
+    }
+    const target = parsed.value;
+    const where = formatTarget(target);
+
+    // The decision is made on the URI's authority; a Host header naming anything else is refused.
+    const hostLines = req.rawHeaders.filter((_, i) => i % 2 === 0 && req.rawHeaders[i]!.toLowerCase() === 'host').length;
+    const hostHeader = req.headers.host;
+    if (hostLines > 1) {
+      refuse(400, 'egress: more than one Host header.\n', target, 'more than one Host header');
+      return;
+    }
+    if (hostHeader === undefined) {
+      if (req.httpVersion !== '1.0') {
+        refuse(400, 'egress: the request has no Host header.\n', target, 'no Host header');
+        return;
+      }
+    } else {
+      const h = parseAuthority(hostHeader, 80);
+      if (!h.ok || h.value.host !== target.host || h.value.port !== target.port) {
+        const reason = `Host header "${hostHeader}" does not match the target ${where}`;
+        refuse(400, `egress: ${reason}.\n`, target, reason);
+        return;
+      }
+    }
+    // Ambiguous framing (Node's parser already refuses most of it; this is the second lock).
+    const te = req.headers['transfer-encoding'];
+    if (te !== undefined) {
+      if (req.headers['content-length'] !== undefined) {
+        refuse(400, 'egress: both Content-Length and Transfer-Encoding.\n', target, 'both Content-Length and Transfer-Encoding');
+        return;
+      }
+      if (te.trim().toLowerCase() !== 'chunked') {
+        refuse(400, `egress: unsupported Transfer-Encoding "${te}".\n`, target, 'unsupported Transfer-Encoding');
+        return;
+      }
+    }
+
+    const current = policy;
+    const decision = current.decide(target);
+    if (!decision.allowed) {
+      refuse(403, deniedText(method, target, decision), target, decision.reason);
+      return;
+    }
+
+    let bytesUp = 0;
+    let bytesDown = 0;
+    let status = 0;
+    let address: string | undefined;
+    let error: string | undefined;
+    let done = false;
+    let upstreamSocket: net.Socket | undefined;
+    const end = () => {
+      if (done) return;
+      done = true;
+      upstreamSocket?.destroy();
+      finish({
+        decision: 'allow',
+        rule: decision.rule,
+        reason: decision.reason,
+        host: target.host,
+        port: target.port,
+        bytes_up: bytesUp,
+        bytes_down: bytesDown,
+        status,
+        ...(address !== undefined ? { address } : {}),
+        ...(error !== undefined ? { error } : {}),
+      });
+    };
+    res.on('close', end);
+    const failWith = (code: number, message: string) => {
+      error ??= message;
+      if (!res.headersSent) {
+        status = code;
+        const text = `egress: ${method} ${where}: ${message}.\n`;
+        res.writeHead(code, { 'content-type': TEXT, 'content-length': Buffer.byteLength(text), connection: 'close' });
+        res.end(text);
+      } else {
+        res.destroy();
+      }
+    };
+
+    void (async () => {
+      const vetted = await vet(target);
+      if (res.destroyed || done) return;
+      if (!vetted.ok) {
+        if (vetted.forbidden) {
+          // An address refusal is a denial, reported at once like any other.
+          done = true;
+          res.removeListener('close', end);
+          const text = `egress: refused ${method} ${where}: ${vetted.reason}.\n`;
+          refuse(403, text, target, vetted.reason, decision.rule);
+          return;
+        }
+        failWith(vetted.status, vetted.reason);
+        return;
+      }
+      let dialled: { socket: net.Socket; address: string };
+      try {
+        dialled = await dial(vetted.addresses, target.port, connectTimeout);
+      } catch (err) {
+        const e = err as UpstreamError;
+        failWith(e.status ?? 502, e.message);
+        return;
+      }
+      address = dialled.address;
+      upstreamSocket = dialled.socket;
+      if (res.destroyed || done) {
+        dialled.socket.destroy();
+        return;
+      }
+      dialled.socket.setTimeout(idleTimeout, () => {
+        error ??= 'upstream idle timeout';
+        failWith(504, 'the upstream did not answer in time');
+      });
+      const headers = endToEndHeaders(req.headers, ['host']);
+      headers.host = hostHeader ?? authority;
+      const upstream = http.request({
+        method,
+        path: (m[2] ?? '/').startsWith('?') ? `/${m[2]}` : (m[2] ?? '/'),
+        headers,
+        setHost: false,
+        createConnection: () => dialled.socket,
+      });
+      upstream.on('error', (err: NodeJS.ErrnoException) => failWith(502, `upstream error: ${err.code ?? err.message}`));
+      upstream.on('response', (ures) => {
+        status = ures.statusCode ?? 502;
+        res.writeHead(status, ures.statusMessage, endToEndHeaders(ures.headers));
+        ures.on('data', (chunk: Buffer) => {
+          bytesDown += chunk.length;
+        });
+        ures.on('error', () => res.destroy());
+        ures.pipe(res);
+      });
+      if (expectsContinue) res.writeContinue();
+      req.on('data', (chunk: Buffer) => {
+        bytesUp += chunk.length;
+      });
+      req.pipe(upstream);
+    })().catch((err: Error) => {
+      log(`egress: internal error on ${method} ${where}: ${err.stack ?? err.message}`);
+      failWith(500, 'internal error');
+    });
+  };
+
+  server.on('request', (req, res) => onRequest(req, res, false));
+  server.on('checkContinue', (req, res) => onRequest(req, res, true));
+
+  server.on('upgrade', (req: http.IncomingMessage, socket: Duplex) => {
+    const reason = 'Upgrade is not proxied as plain HTTP';
+    audit({
+      at: now(),
+      client: clientOf(socket),
+      method: req.method ?? null,
+      host: null,
+      port: null,
+      decision: 'deny',
+      rule: null,
+      reason,
+      bytes_up: 0,
+      bytes_down: 0,
+      duration_ms: 0,
+      status: 400,
+    });
+    rawResponse(socket, 400, `egress: ${reason}; use CONNECT (wss://, https://).\n`);
+  });
+
+  // ---- CONNECT tunnels ---------------------------------------------------------------
+
+  server.on('connect', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    const client = socket as net.Socket;
+    client.pause();
+    client.on('error', () => undefined); // reported through 'close'
+    const at = now();
+    const base = { at, client: clientOf(client), method: 'CONNECT' };
+    const url = req.url ?? '';
+    const refuse = (status: number, text: string, reason: string, target: Target | null, rule: string | null = null) => {
+      audit({ ...base, host: target?.host ?? null, port: target?.port ?? null, decision: 'deny', rule, reason, bytes_up: 0, bytes_down: 0, duration_ms: now() - at, status });
+      rawResponse(client, status, text);
+    };
+    const parsed = parseAuthority(url);
+    if (!parsed.ok) {
+      refuse(400, `egress: bad CONNECT target "${url}": ${parsed.message}.\n`, `bad target: ${parsed.message}`, null);
+      return;
+    }
+    const target = parsed.value;
+    const where = formatTarget(target);
+    const decision = policy.decide(target);
+    if (!decision.allowed) {
+      refuse(403, deniedText('CONNECT', target, decision), decision.reason, target);
+      return;
+    }
+    let clientClosed = false;
+    client.once('close', () => {
+      clientClosed = true;
+    });
+    const fail = (status: number, message: string, extra: Partial<AuditRecord> = {}) => {
+      audit({
+        ...base,
+        host: target.host,
+        port: target.port,
+        decision: 'allow',
+        rule: decision.rule,
+        reason: decision.reason,
+        bytes_up: 0,
+        bytes_down: 0,
+        duration_ms: now() - at,
+        status,
+        error: message,
+        ...extra,
+      });
+      rawResponse(client, status, `egress: CONNECT ${where}: ${message}.\n`);
+    };
+
+    void (async () => {
+      const vetted = await vet(target);
+      if (!vetted.ok) {
+        if (vetted.forbidden) refuse(403, `egress: refused CONNECT ${where}: ${vetted.reason}.\n`, vetted.reason, target, decision.rule);
+        else fail(vetted.status, vetted.reason);
+        return;
+      }
+      if (clientClosed) {
+        fail(499, 'the client went away');
+        return;
+      }
+      let dialled: { socket: net.Socket; address: string };
+      try {
+        dialled = await dial(vetted.addresses, target.port, connectTimeout);
+      } catch (err) {
+        const e = err as UpstreamError;
+        fail(e.status ?? 502, e.message);
+        return;
+      }
+      const upstream = dialled.socket;
+      if (clientClosed) {
+        upstream.destroy();
+        fail(499, 'the client went away', { address: dialled.address });
+        return;
+      }
+      let error: string | undefined;
+      let open = 2;
+      const closed = () => {
+        open -= 1;
+        if (open > 0) return;
+        audit({
+          ...base,
+          host: target.host,
+          port: target.port,
+          decision: 'allow',
+          rule: decision.rule,
+          reason: decision.reason,
+          bytes_up: upstream.bytesWritten,
+          bytes_down: upstream.bytesRead,
+          duration_ms: now() - at,
+          status: 200,
+          address: dialled.address,
+          ...(error !== undefined ? { error } : {}),
+        });
+      };
+      upstream.on('close', closed);
+      client.on('close', closed);
+      upstream.on('error', (err: NodeJS.ErrnoException) => {
+        error ??= `upstream: ${err.code ?? err.message}`;
+        client.destroy();
+      });
+      client.on('error', (err: NodeJS.ErrnoException) => {
+        error ??= `client: ${err.code ?? err.message}`;
+        upstream.destroy();
+      });
+      // Either side closing fully ends the tunnel; a half-close is passed on by pipe.
+      upstream.on('close', () => client.destroy());
+      client.on('close', () => upstream.destroy());
+      const idle = () => {
+        error ??= 'idle timeout';
+        client.destroy();
+        upstream.destroy();
+      };
+      client.setTimeout(idleTimeout, idle);
+      upstream.setTimeout(idleTimeout, idle);
+      client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      if (head.length > 0) upstream.write(head);
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.resume();
+    })().catch((err: Error) => {
+      log(`egress: internal error on CONNECT ${where}: ${err.stack ?? err.message}`);
+      client.destroy();
+    });
+  });
+
+  // ---- requests that cannot be read --------------------------------------------------
+
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    // A response already under way on this socket (keep-alive) must not be interleaved with ours.
+    const inFlight = (socket as Duplex & { _httpMessage?: unknown })._httpMessage;
+    if (err.code === 'ECONNRESET' || !socket.writable || inFlight) {
+      socket.destroy();
+      return;
+    }
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    const reason =
+      status === 431 ? 'request headers too large' : status === 408 ? 'the client was too slow to send its request' : `malformed request (${err.code ?? 'parse error'}: ${err.message})`;
+    audit({
+      at: now(),
+      client: clientOf(socket),
+      method: null,
+      host: null,
+      port: null,
+      decision: 'deny',
+      rule: null,
+      reason,
+      bytes_up: 0,
+      bytes_down: 0,
+      duration_ms: 0,
+      status,
+    });
+    rawResponse(socket, status, `egress: ${reason}.\n`);
+  });
+
+  Object.defineProperty(server, 'policy', { get: () => policy, enumerable: true });
+  server.setAllowlist = (entries: readonly string[]) => {
+    policy = createPolicy(entries);
+    return policy;
+  };
+  return server;
+}
