@@ -1,0 +1,117 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { until } from './harness.js';
+
+/** The sidecar's entry point, run as the container runs it (env only), on loopback. */
+const MAIN = fileURLToPath(new URL('../../../../sidecars/egress/main.ts', import.meta.url));
+
+let dir: string | undefined;
+const children: ChildProcess[] = [];
+afterEach(() => {
+  for (const c of children.splice(0)) c.kill('SIGKILL');
+  if (dir) rmSync(dir, { recursive: true, force: true });
+  dir = undefined;
+});
+const tempDir = () => {
+  dir ??= mkdtempSync(join(tmpdir(), 'bottle-egress-main-'));
+  return dir;
+};
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address() as net.AddressInfo;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+function run(env: Record<string, string>) {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
+    env: { PATH: process.env.PATH ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.push(child);
+  const out = { stdout: '', stderr: '' };
+  child.stdout!.on('data', (c: Buffer) => {
+    out.stdout += c.toString();
+  });
+  child.stderr!.on('data', (c: Buffer) => {
+    out.stderr += c.toString();
+  });
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  return { child, out, exited };
+}
+
+function get(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => s.write(request));
+    let text = '';
+    s.on('data', (c: Buffer) => {
+      text += c.toString();
+    });
+    s.on('close', () => resolve(text));
+    s.on('error', reject);
+  });
+}
+
+const healthz = (port: number) => get(port, 'GET /healthz HTTP/1.1\r\nHost: egress\r\nConnection: close\r\n\r\n');
+
+describe('egress main', () => {
+  it('refuses to start without a readable allowlist', async () => {
+    const { out, exited } = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: join(tempDir(), 'missing') });
+    expect(await exited).toBe(1);
+    expect(out.stderr).toContain('cannot read the allowlist');
+    expect(out.stdout).not.toContain('ready');
+  });
+
+  it('refuses to start with a deny list it cannot read, or a bad port', async () => {
+    const file = join(tempDir(), 'allowlist');
+    writeFileSync(file, 'allowed.test\n');
+    const bad = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: file, BOTTLE_EGRESS_DENY: '172.18.0.1,gateway' });
+    expect(await bad.exited).toBe(2);
+    expect(bad.out.stderr).toContain('BOTTLE_EGRESS_DENY');
+    const port = run({ BOTTLE_SIDECAR_PORT: 'egress', BOTTLE_EGRESS_ALLOWLIST: file });
+    expect(await port.exited).toBe(2);
+  });
+
+  it('says ready, answers /healthz, denies with the bottle name, audits to the file, and fails its health check when the allowlist goes away', async () => {
+    const d = tempDir();
+    const file = join(d, 'allowlist');
+    const auditFile = join(d, 'audit', 'egress.jsonl');
+    writeFileSync(file, 'allowed.test\n');
+    const port = await freePort();
+    const { out } = run({
+      BOTTLE_SIDECAR_PORT: String(port),
+      BOTTLE_EGRESS_ALLOWLIST: file,
+      BOTTLE_EGRESS_AUDIT: auditFile,
+      BOTTLE_EGRESS_DENY: '172.18.0.1',
+      BOTTLE_BOTTLE: 'web',
+      BOTTLE_RUN: 'r1',
+    });
+    await until(() => out.stdout.includes('ready'), 'ready', 20_000);
+    expect(out.stdout).toBe('ready\n');
+    expect(await healthz(port)).toMatch(/^HTTP\/1\.1 200 [\s\S]*1 allowlist entries/);
+
+    // A denied host: 403 with the manifest key; nothing is resolved or dialled for it.
+    const denied = await get(port, 'GET http://denied.test/ HTTP/1.1\r\nHost: denied.test\r\n\r\n');
+    expect(denied).toMatch(/^HTTP\/1\.1 403 [\s\S]*bottles\.web\.egress\.allow/);
+    await until(() => readFileSync(auditFile, 'utf8').includes('denied.test'), 'the audit line');
+    expect(JSON.parse(readFileSync(auditFile, 'utf8').trim())).toMatchObject({ host: 'denied.test', decision: 'deny', run: 'r1' });
+
+    // The allowlist disappears: the proxy keeps its last policy but reports itself unhealthy.
+    rmSync(file);
+    await until(() => out.stderr.includes('keeping the previous one'), 'the read error', 5000);
+    expect(await healthz(port)).toMatch(/^HTTP\/1\.1 503 [\s\S]*cannot read the allowlist/);
+
+    // It comes back (renamed into place) with a new entry.
+    writeFileSync(`${file}.tmp`, 'allowed.test\nother.test\n');
+    renameSync(`${file}.tmp`, file);
+    await until(() => out.stderr.includes('allowlist reloaded: 2 entries'), 'the reload', 5000);
+    expect(await healthz(port)).toMatch(/^HTTP\/1\.1 200 [\s\S]*2 allowlist entries/);
+  });
+});
