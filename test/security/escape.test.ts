@@ -23,6 +23,7 @@ import {
   KERNEL_PROBE,
   leftovers,
   listFiles,
+  notPrivate,
   mounts,
   needle,
   networkProbe,
@@ -102,6 +103,7 @@ interface Observed {
   egressNetAddress: string;
   homeFiles: string[];
   homeHits: string[];
+  homeNotPrivate: string[];
   argvHits: string[];
 }
 
@@ -168,6 +170,7 @@ for (const runtime of ['runc', 'runsc'] as const) {
           egressNetAddress,
           homeFiles: listFiles(b.home),
           homeHits: filesContaining(b.home, secrets),
+          homeNotPrivate: notPrivate(b.home),
           argvHits: hostArgvContaining(secrets),
         };
         return { stdin: `${gateway} ${egressNetAddress}\n`, observed: obs };
@@ -213,6 +216,19 @@ for (const runtime of ['runc', 'runsc'] as const) {
       expect(hc.CapDrop).toContain('ALL');
       expect(hc.CapAdd ?? []).toEqual([]);
       expect(hc.SecurityOpt).toContain('no-new-privileges');
+      expect(hc.PidsLimit).toBeGreaterThan(0);
+      expect(hc.Memory).toBeGreaterThan(0);
+    });
+
+    it('cannot redirect names through the files Docker binds in, and sees only its own processes', () => {
+      expect(r.write_etc_hosts).toBe('refused');
+      expect(r.write_resolv_conf).toBe('refused');
+      // bash, the probe's subshells and commands: a handful, not the host's hundreds.
+      expect(Number(r.procs_visible)).toBeGreaterThan(0);
+      expect(Number(r.procs_visible)).toBeLessThan(20);
+      const seen = (r.proc_names ?? '').split(',').filter(Boolean);
+      expect(seen).toContain('bash');
+      expect(seen.filter((n) => !['bash', 'tr', 'head', 'sed', 'sort', 'ls', 'wc', 'cat'].includes(n))).toEqual([]);
     });
 
     it('has no route out: no default route and no route through a gateway', () => {
@@ -333,6 +349,8 @@ for (const runtime of ['runc', 'runsc'] as const) {
       expect(observed.argvHits).toEqual([]);
       expect(observed.homeFiles.some((f) => f.endsWith(join('stage', 'agent.env'))), observed.homeFiles.join('\n')).toBe(true);
       expect(observed.homeHits).toEqual([]);
+      // What is staged there (the env-file, the prompt) is the user's alone.
+      expect(observed.homeNotPrivate).toEqual([]);
       expect(filesContaining(b.home, secrets)).toEqual([]);
     });
 

@@ -1,6 +1,6 @@
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -372,6 +372,21 @@ export function filesContaining(dir: string, values: Record<string, string>): st
   return hits;
 }
 
+/** Files and folders under `dir` that its group or others may use (mode & 077). */
+export function notPrivate(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      const mode = statSync(p).mode & 0o777;
+      if (mode & 0o077) out.push(`${p} ${mode.toString(8)}`);
+      if (e.isDirectory()) walk(p);
+    }
+  };
+  walk(dir);
+  return out;
+}
+
 /** Every file under `dir` (relative paths), to show a scan was not vacuous. */
 export function listFiles(dir: string): string[] {
   const out: string[] = [];
@@ -684,6 +699,13 @@ mkdir -p /tmp/mnt-probe
 result mount_tmpfs "$(mount -t tmpfs none /tmp/mnt-probe 2>/dev/null && echo mounted || echo refused)"
 result docker_sock_var "$(if [ -e /var/run/docker.sock ]; then echo present; else echo absent; fi)"
 result docker_sock_run "$(if [ -e /run/docker.sock ]; then echo present; else echo absent; fi)"
+# Docker's name files are bound from the host: the agent must not be able to redirect names.
+result write_etc_hosts "$( (echo '127.0.0.1 egress' >> /etc/hosts) 2>/dev/null && echo written || echo refused)"
+result write_resolv_conf "$( (echo 'nameserver 127.0.0.1' >> /etc/resolv.conf) 2>/dev/null && echo written || echo refused)"
+# (a glob, not ls: this gVisor answers coreutils' statx on /proc with EINVAL)
+result procs_visible "$(set -- /proc/[0-9]*; echo $#)"
+# Only the bottle's own processes are visible: the names (argv[0]) of every process it can see.
+result proc_names "$(for f in /proc/[0-9]*/cmdline; do tr '\\0' '\\n' < "$f" | head -n1; done 2>/dev/null | sed 's|.*/||' | sort -u | tr '\\n' ,)"
 `;
 
 export const KERNEL_PROBE = String.raw`result kernel "$(uname -r)"
