@@ -242,7 +242,9 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
 
   const clientOf = (socket: net.Socket | Duplex) => {
     const s = socket as net.Socket;
-    return s.remoteAddress === undefined ? 'unknown' : `${s.remoteAddress}:${s.remotePort}`;
+    if (s.remoteAddress === undefined) return 'unknown';
+    // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; the audit shows them plainly.
+    return `${s.remoteAddress.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '')}:${s.remotePort}`;
   };
 
   // ---- plain HTTP ------------------------------------------------------------------
@@ -324,8 +326,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       }
     }
 
-    const current = policy;
-    const decision = current.decide(target);
+    const decision = policy.decide(target);
     if (!decision.allowed) {
       refuse(403, deniedText(method, target, decision), target, decision.reason);
       return;
@@ -603,6 +604,9 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       status,
     });
     rawResponse(socket, status, `egress: ${reason}.\n`);
+    // Closed as soon as the answer is out: the HTTP server still listens on this socket and
+    // would report the client's later end as a second error.
+    socket.once('finish', () => socket.destroy());
   });
 
   Object.defineProperty(server, 'policy', { get: () => policy, enumerable: true });

@@ -88,6 +88,27 @@ describe('plain HTTP', () => {
     expect(audits[0]).toMatchObject({ bytes_up: big.length, bytes_down: big.length });
   });
 
+  it('answers Expect: 100-continue itself for an allowed host, and refuses a denied one without asking for the body', async () => {
+    const up = await startHttpUpstream();
+    const { port } = await startProxy({ allowlist: [`allowed.test:${up.port}`], resolve: fakeResolver({ 'allowed.test': LOOPBACK }).resolve });
+    const socket = net.connect(port, '127.0.0.1');
+    const text = await new Promise<string>((resolve) => {
+      let got = '';
+      socket.on('data', (c: Buffer) => {
+        got += c.toString();
+        if (got.startsWith('HTTP/1.1 100 Continue\r\n\r\n') && !got.includes('200')) socket.write('hello');
+        if (got.includes('hello from upstream')) resolve(got);
+      });
+      socket.write(`POST http://allowed.test:${up.port}/e HTTP/1.1\r\nHost: allowed.test:${up.port}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n`);
+    });
+    socket.destroy();
+    expect(text).toMatch(/^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 /);
+    expect(up.requests[0]).toMatchObject({ body: 'hello' });
+    expect(up.requests[0]!.headers.expect).toBeUndefined();
+    const denied = await rawExchange(port, 'POST http://denied.test/ HTTP/1.1\r\nHost: denied.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n');
+    expect(denied.text).toMatch(/^HTTP\/1\.1 403 /);
+  });
+
   it('refuses a denied host with a 403 naming it and the manifest key; its server sees nothing and the name is not even resolved', async () => {
     const denied = await startHttpUpstream();
     const { resolve, lookups } = fakeResolver({ 'denied.test': LOOPBACK });
