@@ -6,6 +6,7 @@ import type {
   ContainerInfo,
   ContainerRuntime,
   ContainerSpec,
+  FileToPut,
   LabelledObject,
   Labels,
   NetworkSpec,
@@ -36,6 +37,10 @@ interface FakeContainer extends FakeObject {
   startedAt?: number;
   exitCode?: number;
   networks: string[];
+  /** Files put into the container while it lives (path -> content). */
+  files?: Record<string, string>;
+  /** What the container wrote to stdout (tests put a sidecar's audit lines here). */
+  stdout?: string;
   hardened: boolean;
   envNames: string[];
 }
@@ -53,6 +58,13 @@ export interface FakeFailure {
   code?: string;
   /** Fail only the first this many matching calls (of this instance). */
   times?: number;
+}
+
+/** A stable fake gateway per network name. */
+function fakeGateway(name: string): string {
+  let h = 0;
+  for (const ch of name) h = (h * 31 + ch.charCodeAt(0)) % 250;
+  return `10.${h + 1}.0.1`;
 }
 
 export class FakeRuntime implements ContainerRuntime {
@@ -122,11 +134,11 @@ export class FakeRuntime implements ContainerRuntime {
   async ensureNetwork(spec: NetworkSpec) {
     return this.mutate('ensureNetwork', spec.name, (w) => {
       const existing = w.networks[spec.name];
-      if (existing) return { id: existing.id, created: false };
+      if (existing) return { id: existing.id, created: false, gateway: fakeGateway(spec.name) };
       const id = randomBytes(6).toString('hex');
       w.networks[spec.name] = { id, labels: spec.labels, internal: spec.internal };
       this.countCreate(w, `network:${spec.name}`);
-      return { id, created: true };
+      return { id, created: true, gateway: fakeGateway(spec.name) };
     });
   }
 
@@ -227,6 +239,19 @@ export class FakeRuntime implements ContainerRuntime {
         c.exitCode = 137;
       }
     });
+  }
+
+  async putFiles(name: string, files: FileToPut[]) {
+    this.mutate('putFiles', name, (w) => {
+      const c = w.containers[name];
+      if (!c) throw new BottleError('DOCKER_ERROR', `no such container: ${name}`);
+      c.files ??= {};
+      for (const f of files) c.files[f.containerPath] = f.content.toString();
+    });
+  }
+
+  async readStdout(name: string): Promise<string> {
+    return this.world().containers[name]?.stdout ?? '';
   }
 
   async removeContainer(name: string) {

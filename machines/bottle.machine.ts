@@ -69,6 +69,8 @@ export interface BottleContext {
   proposals: Proposal[];
   orphans: LabelledObject[];
   outputBytes: number;
+  /** Gateways of the bottle's networks: the egress proxy never dials them. */
+  gateways: string[];
 }
 
 /** An effect's failure as plain data; `created` lists what it made before failing. */
@@ -95,6 +97,15 @@ export interface ResolveOutput {
 }
 export interface CreatedOutput {
   created: CreatedResource[];
+  gateways?: string[];
+}
+
+/** The allowlist in force: the manifest's plus every approved allowlist proposal's hosts. */
+export function currentAllowlist(plan: BottlePlan, proposals: Proposal[]): string[] {
+  const hosts = proposals
+    .filter((p) => p.kind === 'allowlist' && (p.status === 'approved' || p.status === 'applying'))
+    .flatMap((p) => (Array.isArray(p.change.hosts) ? (p.change.hosts as unknown[]).filter((h): h is string => typeof h === 'string') : []));
+  return [...new Set([...plan.allowlist, ...hosts.map((h) => h.toLowerCase())])];
 }
 
 const notImplemented = (id: string) =>
@@ -156,14 +167,14 @@ export const bottleMachine = setup({
       typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string }>
     >,
     startSidecars: notImplemented('startSidecars') as unknown as ReturnType<
-      typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string }>
+      typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string; gateways: string[] }>
     >,
     createAgent: notImplemented('createAgent') as unknown as ReturnType<typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string }>>,
     agentExit: notImplemented('agentExit') as unknown as ReturnType<
       typeof fromPromise<{ exitCode: number }, { plan: BottlePlan; runId: string }>
     >,
     applyProposal: notImplemented('applyProposal') as unknown as ReturnType<
-      typeof fromPromise<{ applied: true }, { plan: BottlePlan; runId: string; proposal: Proposal }>
+      typeof fromPromise<{ applied: true }, { plan: BottlePlan; runId: string; proposal: Proposal; allowlist: string[] }>
     >,
     teardown: notImplemented('teardown') as unknown as ReturnType<
       typeof fromPromise<{ removed: CreatedResource[] }, { identity: string; runId: string; resources: CreatedResource[] }>
@@ -212,9 +223,13 @@ export const bottleMachine = setup({
         },
       };
     }),
-    recordCreated: assign(({ context, event }) => ({
-      created: [...context.created, ...(event as unknown as { output: CreatedOutput }).output.created],
-    })),
+    recordCreated: assign(({ context, event }) => {
+      const output = (event as unknown as { output: CreatedOutput }).output;
+      return {
+        created: [...context.created, ...output.created],
+        gateways: output.gateways ? [...new Set([...context.gateways, ...output.gateways])] : context.gateways,
+      };
+    }),
     recordFailure: assign(({ context, event }) => {
       const err = asStepError((event as unknown as { error: unknown }).error);
       const { created, ...data } = err;
@@ -281,6 +296,7 @@ export const bottleMachine = setup({
     proposals: [],
     orphans: [],
     outputBytes: 0,
+    gateways: [],
   }),
   on: {
     // A stop before the agent runs is remembered and honoured once the current step has
@@ -358,7 +374,7 @@ export const bottleMachine = setup({
           invoke: {
             id: 'startSidecars',
             src: 'startSidecars',
-            input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId }),
+            input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId, gateways: context.gateways }),
             onDone: [
               { guard: 'stopWasRequested', target: '#bottle.teardown', actions: 'recordCreated' },
               { target: 'agent', actions: 'recordCreated' },
@@ -423,6 +439,7 @@ export const bottleMachine = setup({
                   plan: context.plan!,
                   runId: context.input.runId,
                   proposal: context.proposals.find((p) => p.status === 'applying')!,
+                  allowlist: currentAllowlist(context.plan!, context.proposals),
                 }),
                 onDone: { target: 'waiting', actions: 'recordApplied' },
                 onError: { target: 'waiting', actions: 'recordApplyFailed' },

@@ -58,6 +58,8 @@ export interface ContainerSpec {
   networkMode?: { container: string };
   /** Capabilities added after dropping all (only the one-shot route fixer uses this). */
   capAdd?: string[];
+  /** Upstream DNS servers for names Docker's embedded DNS does not know itself. */
+  dns?: string[];
   /**
    * Environment as NAME=VALUE through the Docker API (never argv, never a file).
    * Forwarded host values arrive here only inside the adapter call, never in the log.
@@ -81,6 +83,14 @@ export interface ContainerSpec {
   memoryBytes?: number;
   /** Extra /etc/hosts lines (tests give a sidecar a hosts entry). */
   extraHosts?: string[];
+}
+
+export interface FileToPut {
+  containerPath: string;
+  content: string | Buffer;
+  mode: number;
+  uid?: number;
+  gid?: number;
 }
 
 export interface ContainerInfo {
@@ -120,7 +130,8 @@ export interface ContainerRuntime {
   existingContainers(names: string[], signal?: AbortSignal): Promise<string[]>;
   /** Every container, network and volume carrying all of `labels` (an empty value: the label with any value). */
   listLabelled(labels: Labels, signal?: AbortSignal): Promise<LabelledObject[]>;
-  ensureNetwork(spec: NetworkSpec, signal?: AbortSignal): Promise<{ id: string; created: boolean }>;
+  /** `gateway`: the network's gateway address, which sidecars must never dial. */
+  ensureNetwork(spec: NetworkSpec, signal?: AbortSignal): Promise<{ id: string; created: boolean; gateway?: string }>;
   ensureVolume(spec: VolumeSpec, signal?: AbortSignal): Promise<{ created: boolean }>;
   /** Creates the container, or adopts an existing one of that name carrying the same run label. */
   ensureContainer(spec: ContainerSpec, signal?: AbortSignal): Promise<{ id: string; created: boolean }>;
@@ -135,6 +146,10 @@ export interface ContainerRuntime {
    */
   waitExit(name: string, opts: { io?: AgentIO; logFile?: string }, signal?: AbortSignal): Promise<{ exitCode: number }>;
   stopContainer(name: string, timeoutSec: number, signal?: AbortSignal): Promise<void>;
+  /** Writes files into a container, running or not (a sidecar's live configuration). */
+  putFiles(name: string, files: FileToPut[], signal?: AbortSignal): Promise<void>;
+  /** The container's stdout so far ('' when it is gone): a sidecar's audit lines. */
+  readStdout(name: string, signal?: AbortSignal): Promise<string>;
   removeContainer(name: string, signal?: AbortSignal): Promise<void>;
   removeNetwork(name: string, signal?: AbortSignal): Promise<void>;
   removeVolume(name: string, signal?: AbortSignal): Promise<void>;
@@ -215,4 +230,10 @@ export interface CapabilityApplier {
     proposal: import('./bottle.machine.js').Proposal,
     signal?: AbortSignal,
   ): Promise<void>;
+}
+
+/** Where sidecars' audit lines end up on the host (bottles/<identity>/audit/<source>.jsonl). */
+export interface AuditSink {
+  /** Appends the lines not already there (teardown may run again after a crash). */
+  append(identity: string, source: string, lines: string[]): Promise<void>;
 }

@@ -46,7 +46,22 @@ export function agentSpec(
   };
 }
 
-export function sidecarSpec(plan: BottlePlan, runId: string, sidecar: SidecarPlan, configFiles: { hostPath: string; containerPath: string }[]): ContainerSpec {
+/** uid/gid of the `sidecar` user in the sidecar image. */
+export const SIDECAR_UID = 1001;
+export const EGRESS_ALLOWLIST_PATH = '/run/bottle/egress/allowlist';
+
+/** The egress allowlist file as the sidecar reads it: one entry a line. */
+export function allowlistFile(entries: readonly string[]): { containerPath: string; content: string; mode: number; uid: number; gid: number } {
+  return { containerPath: EGRESS_ALLOWLIST_PATH, content: entries.map((e) => `${e}\n`).join(''), mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID };
+}
+
+export function sidecarSpec(
+  plan: BottlePlan,
+  runId: string,
+  sidecar: SidecarPlan,
+  configFiles: { hostPath: string; containerPath: string }[],
+  gateways: string[] = [],
+): ContainerSpec {
   const networks = [{ name: plan.networks.internal, aliases: [sidecar.alias] }];
   if (sidecar.upstream) networks.push({ name: plan.networks.egress, aliases: [] });
   return {
@@ -59,10 +74,13 @@ export function sidecarSpec(plan: BottlePlan, runId: string, sidecar: SidecarPla
       BOTTLE_SIDECAR_ROLE: sidecar.role,
       BOTTLE_SIDECAR_PORT: String(sidecar.port),
       BOTTLE_IDENTITY: plan.identity,
+      BOTTLE_BOTTLE: plan.bottle,
+      BOTTLE_RUN: runId,
+      ...(sidecar.role === 'egress' ? { BOTTLE_EGRESS_ALLOWLIST: EGRESS_ALLOWLIST_PATH, BOTTLE_EGRESS_DENY: gateways.join(',') } : {}),
     },
     cmd: [`/opt/bot-bottle/sidecars/${sidecarProgram(sidecar.role)}.mjs`],
     mounts: [],
-    copyIn: configFiles.map((f) => ({ ...f, mode: 0o600 })),
+    copyIn: configFiles.map((f) => ({ ...f, mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID })),
     tty: false,
     openStdin: false,
     hardened: true,
@@ -73,7 +91,7 @@ export function sidecarSpec(plan: BottlePlan, runId: string, sidecar: SidecarPla
 
 /** Which program each sidecar runs; roles without their own program yet run the placeholder. */
 export function sidecarProgram(role: SidecarPlan['role']): string {
-  const implemented: SidecarPlan['role'][] = [];
+  const implemented: SidecarPlan['role'][] = ['egress'];
   return implemented.includes(role) ? role : 'placeholder';
 }
 
@@ -90,6 +108,9 @@ export function netnsHolderSpec(plan: BottlePlan, runId: string): ContainerSpec 
     role: 'network',
     labels: labelsFor(plan, runId, 'network'),
     networks: [{ name: plan.networks.internal, aliases: ['agent'] }],
+    // Closed DNS: Docker's embedded DNS answers the bottle's own names and sends every
+    // other question here, where nothing listens. No name lookup ever leaves the bottle.
+    dns: ['127.0.0.1'],
     env: {},
     entrypoint: ['sleep', 'infinity'],
     mounts: [],

@@ -3,6 +3,7 @@ import type { CreatedResource, Proposal, ResolveOutput, StepError, StepId } from
 import type { BottlePlan } from './plan.js';
 import type {
   AgentIO,
+  AuditSink,
   BottlePaths,
   BuildProgress,
   CapabilityApplier,
@@ -15,7 +16,8 @@ import type {
   Stager,
 } from './ports.js';
 import { LABEL } from './ports.js';
-import { agentSpec, labelsFor, netFixerSpec, netnsHolderSpec, sidecarSpec } from './specs.js';
+import { parseEgressEntry } from '../config/field-rules.js';
+import { agentSpec, allowlistFile, EGRESS_ALLOWLIST_PATH, labelsFor, netFixerSpec, netnsHolderSpec, sidecarSpec } from './specs.js';
 
 /**
  * The effects of the bottle machine, built from the ports they need (Temporal's
@@ -28,6 +30,7 @@ import { agentSpec, labelsFor, netFixerSpec, netnsHolderSpec, sidecarSpec } from
 
 export interface StepDeps {
   runtime: ContainerRuntime;
+  audit: AuditSink;
   images: ImageProvider;
   stager: Stager;
   files: HostFiles;
@@ -119,21 +122,23 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
   const createNetworks = async (input: PlanStepInput, signal: AbortSignal) => {
     const { plan, runId } = input;
     const created: CreatedResource[] = [];
+    const gateways: string[] = [];
     try {
       for (const [name, internal] of [
         [plan.networks.internal, true],
         [plan.networks.egress, false],
       ] as const) {
-        await runtime.ensureNetwork({ name, internal, labels: labelsFor(plan, runId, 'network') }, signal);
+        const net = await runtime.ensureNetwork({ name, internal, labels: labelsFor(plan, runId, 'network') }, signal);
         created.push({ kind: 'network', name, role: internal ? 'internal' : 'egress' });
+        if (net.gateway) gateways.push(net.gateway);
       }
     } catch (err) {
       failWith(err, created);
     }
-    return { created };
+    return { created, gateways };
   };
 
-  const startSidecars = async (input: PlanStepInput, signal: AbortSignal) => {
+  const startSidecars = async (input: PlanStepInput & { gateways: string[] }, signal: AbortSignal) => {
     const { plan, runId } = input;
     const staged = stagedPaths(deps, plan, runId);
     const created: CreatedResource[] = [];
@@ -141,11 +146,14 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     // Sidecars start in parallel; each is waited for with its own readiness check.
     const results = await Promise.allSettled(
       plan.sidecars.map(async (s) => {
-        const config = s.role === 'egress' ? [{ hostPath: staged.allowlistFile, containerPath: '/run/bottle/allowlist' }] : [];
-        await runtime.ensureContainer(sidecarSpec(plan, runId, s, config), signal);
+        const config = s.role === 'egress' ? [{ hostPath: staged.allowlistFile, containerPath: EGRESS_ALLOWLIST_PATH }] : [];
+        await runtime.ensureContainer(sidecarSpec(plan, runId, s, config, input.gateways ?? []), signal);
         created.push({ kind: 'container', name: s.name, role: s.role });
         await runtime.startContainer(s.name, signal);
-        await runtime.waitReady(s.name, { kind: 'tcp', port: s.port }, deadline, signal);
+        // The egress proxy is healthy only once it has read its allowlist: a proxy without a
+        // policy must fail the start, never run open.
+        const readiness = s.role === 'egress' ? { kind: 'http' as const, port: s.port, path: '/healthz' } : { kind: 'tcp' as const, port: s.port };
+        await runtime.waitReady(s.name, readiness, deadline, signal);
       }),
     );
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -202,15 +210,31 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     return runtime.waitExit(plan.container, { ...(deps.io ? { io: deps.io } : {}), logFile: deps.paths.agentLog(plan.identity, runId) }, signal);
   };
 
-  const applyProposal = async (input: PlanStepInput & { proposal: Proposal }, signal: AbortSignal) => {
-    await deps.capabilities.apply(input.plan, input.proposal, signal);
+  /**
+   * An approved allowlist addition goes to the running egress sidecar as a new allowlist
+   * file, which the proxy reloads without a restart and without dropping open connections.
+   * Other kinds go to the capability applier.
+   */
+  const applyProposal = async (input: PlanStepInput & { proposal: Proposal; allowlist: string[] }, signal: AbortSignal) => {
+    const { plan, proposal } = input;
+    if (proposal.kind === 'allowlist') {
+      const bad = input.allowlist.map((e) => ({ e, r: parseEgressEntry(e) })).filter((x) => !x.r.ok);
+      if (bad.length > 0) {
+        throw new BottleError('USAGE', `proposal ${proposal.id}: not an egress entry: ${bad.map((b) => `'${b.e}'`).join(', ')}`, 'deny it and ask for host, host:port or *.domain');
+      }
+      const egress = plan.sidecars.find((s) => s.role === 'egress');
+      if (!egress) throw new BottleError('INTERNAL', `bottle '${plan.identity}' has no egress sidecar`);
+      await runtime.putFiles(egress.name, [allowlistFile(input.allowlist)], signal);
+      return { applied: true as const, allowlist: input.allowlist };
+    }
+    await deps.capabilities.apply(plan, proposal, signal);
     return { applied: true as const };
   };
 
   const teardown = async (input: { identity: string; runId: string; resources: CreatedResource[] }, signal: AbortSignal) => {
     const removed: CreatedResource[] = [];
     for (const r of input.resources) {
-      await removeResource(r, signal);
+      await removeResource(r, signal, input.identity);
       removed.push(r);
     }
     // A crash in the middle of a step can leave an object the context never listed; the
@@ -218,16 +242,19 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     const stray = await runtime.listLabelled({ [LABEL.identity]: input.identity, [LABEL.run]: input.runId }, signal);
     const rank = { container: 0, network: 1, volume: 2 } as const;
     for (const o of stray.sort((a, b) => rank[a.kind] - rank[b.kind])) {
-      const r: CreatedResource = { kind: o.kind, name: o.name };
-      await removeResource(r, signal);
+      const role = o.labels[LABEL.role];
+      const r: CreatedResource = { kind: o.kind, name: o.name, ...(role ? { role } : {}) };
+      await removeResource(r, signal, input.identity);
       removed.push(r);
     }
     return { removed };
   };
 
-  async function removeResource(r: CreatedResource, signal: AbortSignal) {
+  async function removeResource(r: CreatedResource, signal: AbortSignal, identity: string) {
     switch (r.kind) {
       case 'container':
+        // The egress sidecar writes its audit lines to stdout; they are kept before it goes.
+        if (r.role === 'egress') await collectAudit(identity, r.name, 'egress', signal);
         await runtime.removeContainer(r.name, signal);
         break;
       case 'network':
@@ -240,6 +267,11 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
         await deps.stager.removeDir(r.name);
         break;
     }
+  }
+
+  async function collectAudit(identity: string, container: string, source: string, signal: AbortSignal) {
+    const lines = (await runtime.readStdout(container, signal)).split('\n').filter((l) => l.trim().startsWith('{'));
+    if (lines.length > 0) await deps.audit.append(identity, source, lines);
   }
 
   return {

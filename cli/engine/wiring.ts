@@ -1,11 +1,12 @@
 import { existsSync } from 'node:fs';
+import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { BottleError } from '../../config/errors.js';
 import { FakeCapabilities, FakeImages } from '../../effects/fakes.js';
 import { FakeRuntime, type FakeFailure } from '../../effects/fake-runtime.js';
 import { FsStager, NodeHostFiles, ProcessHostEnv, SystemClock } from '../../effects/local.js';
-import type { AgentIO, BottlePaths, BuildProgress, CapabilityApplier, ContainerRuntime, ImageProvider, RunRegistry } from '../../machines/ports.js';
+import type { AgentIO, AuditSink, BottlePaths, BuildProgress, CapabilityApplier, ContainerRuntime, ImageProvider, RunRegistry } from '../../machines/ports.js';
 import type { StepDeps } from '../../machines/steps.js';
 import { readLockOwner } from '../../store/lock.js';
 import { auditDir, bottleHome, isSegment, lockFile, logsFile, perBottleDockerfile, queueDir, runDir, runsDir } from '../../store/paths.js';
@@ -94,9 +95,26 @@ export class StoreRunRegistry implements RunRegistry {
   }
 }
 
+/**
+ * bottles/<identity>/audit/<source>.jsonl, appended by the run's owner only. A line already
+ * in the file is not written again (teardown after a crash collects the same lines twice).
+ */
+export class FileAuditSink implements AuditSink {
+  constructor(private readonly home: string) {}
+  async append(identity: string, source: string, lines: string[]): Promise<void> {
+    const dir = auditDir(this.home, identity);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const file = join(dir, `${source}.jsonl`);
+    const have = new Set(existsSync(file) ? (await readFile(file, 'utf8')).split('\n') : []);
+    const fresh = lines.filter((l) => !have.has(l));
+    if (fresh.length > 0) await appendFile(file, fresh.map((l) => `${l}\n`).join(''), { mode: 0o600 });
+  }
+}
+
 export function stepDeps(ctx: CliContext, backend: Backend, opts: { io?: AgentIO; progress: BuildProgress }): StepDeps {
   return {
     runtime: backend.runtime,
+    audit: new FileAuditSink(ctx.home),
     images: backend.images,
     stager: new FsStager(),
     files: new NodeHostFiles(),

@@ -23,6 +23,7 @@ export function createBody(spec: ContainerSpec, env: string[]): Docker.Container
     Privileged: false,
     ...(spec.runtime ? { Runtime: spec.runtime } : {}),
     ...(spec.extraHosts?.length ? { ExtraHosts: spec.extraHosts } : {}),
+    ...(spec.dns?.length ? { Dns: spec.dns } : {}),
   };
   if (spec.hardened) {
     hostConfig.CapDrop = ['ALL'];

@@ -9,6 +9,7 @@ import {
   type ContainerInfo,
   type ContainerRuntime,
   type ContainerSpec,
+  type FileToPut,
   LABEL,
   type LabelledObject,
   type Labels,
@@ -89,7 +90,14 @@ export class DockerodeRuntime implements ContainerRuntime {
     ];
   }
 
-  async ensureNetwork(spec: NetworkSpec, signal?: AbortSignal): Promise<{ id: string; created: boolean }> {
+  async ensureNetwork(spec: NetworkSpec, signal?: AbortSignal): Promise<{ id: string; created: boolean; gateway?: string }> {
+    const found = await this.ensureNetworkObject(spec, signal);
+    const info = await this.inspectNetworkRaw(spec.name, signal);
+    const gateway = info?.IPAM?.Config?.find((c) => c.Gateway)?.Gateway;
+    return gateway ? { ...found, gateway } : found;
+  }
+
+  private async ensureNetworkObject(spec: NetworkSpec, signal?: AbortSignal): Promise<{ id: string; created: boolean }> {
     const existing = await this.inspectNetworkRaw(spec.name, signal);
     if (existing) return { id: adoptableNetwork(existing, spec), created: false };
     try {
@@ -301,6 +309,23 @@ export class DockerodeRuntime implements ContainerRuntime {
         throw classifyDockerError(err, { op: `connect container ${spec.name} to network`, object: net.name });
       }
     }
+  }
+
+  async putFiles(name: string, files: FileToPut[], signal?: AbortSignal): Promise<void> {
+    const now = Math.floor(Date.now() / 1000);
+    const archive = tarFiles(
+      files.map((f) => ({ path: f.containerPath, mode: f.mode, body: Buffer.from(f.content), uid: f.uid ?? 0, gid: f.gid ?? 0, mtime: now })),
+    );
+    await this.call({ op: 'copy files into container', object: name }, signal, () =>
+      this.docker.getContainer(name).putArchive(archive, { path: '/', noOverwriteDirNonDir: true, abortSignal: signal }),
+    );
+  }
+
+  async readStdout(name: string, signal?: AbortSignal): Promise<string> {
+    const buf = await this.tolerate({ op: 'read logs of container', object: name }, signal, [404], () =>
+      this.docker.getContainer(name).logs({ stdout: true, stderr: false, follow: false, abortSignal: signal }),
+    );
+    return buf ? demuxBuffer(buf as Buffer).stdout.toString('utf8') : '';
   }
 
   private async copyIn(id: string, spec: ContainerSpec, signal: AbortSignal | undefined): Promise<void> {

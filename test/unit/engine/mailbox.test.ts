@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { foldLog } from '../../../cli/engine/fold.js';
 import { replayFile } from '../../../cli/engine/replay.js';
-import { readCounts } from '../../../effects/fakes.js';
 import { FakeRuntime } from '../../../effects/fake-runtime.js';
 import { EventLog } from '../../../store/event-log.js';
 import { postCommand } from '../../../store/mailbox.js';
@@ -31,6 +30,9 @@ describe('commands through the mailbox', () => {
     postCommand(dir, { id: 'a1', type: 'approve', proposal: 'prop-1', by: 'tester' });
     postCommand(dir, { id: 'a2', type: 'approve', proposal: 'prop-1', by: 'tester' });
     await until(() => proposal('prop-1')?.status === 'approved', 'prop-1 approved');
+    // Applied: the running egress sidecar got the new allowlist, once.
+    const egress = FakeRuntime.read(worldFile(ctx)).containers['bottle-coder-egress'];
+    expect(egress?.files?.['/run/bottle/egress/allowlist']).toBe('allowed.test\nlater.test\n');
     postCommand(dir, { id: 'd1', type: 'deny', proposal: 'prop-2', by: 'tester', reason: 'no' });
     postCommand(dir, { id: 'd1', type: 'deny', proposal: 'prop-2', by: 'tester', reason: 'no' });
     postCommand(dir, { id: 'd2', type: 'approve', proposal: 'prop-2', by: 'tester' });
@@ -44,9 +46,8 @@ describe('commands through the mailbox', () => {
     const result = await host.done;
     expect(result.state).toBe('done');
 
-    const counts = readCounts(`${worldFile(ctx)}.counts`);
-    expect(counts['apply:prop-1']).toBe(1);
-    expect(counts['apply:prop-2']).toBeUndefined();
+    const puts = FakeRuntime.read(worldFile(ctx)).ops.filter((o) => o === 'putFiles bottle-coder-egress');
+    expect(puts).toHaveLength(1);
     const records = EventLog.read(file);
     const commandIds = records.filter((r) => r.kind === 'command').map((r) => (r.kind === 'command' ? r.id : ''));
     expect(commandIds.sort()).toEqual(['a1', 'a2', 'd1', 'd2', 'p1', 'p2', 's1', 's2']);

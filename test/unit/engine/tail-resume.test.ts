@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { replayFile } from '../../../cli/engine/replay.js';
 import { RunHost } from '../../../cli/engine/runner.js';
-import { readCounts } from '../../../effects/fakes.js';
+import { FakeRuntime } from '../../../effects/fake-runtime.js';
 import { EventLog } from '../../../store/event-log.js';
 import { postCommand } from '../../../store/mailbox.js';
 import { commandsDir, eventsFile } from '../../../store/paths.js';
@@ -41,8 +41,9 @@ describe('resume from a snapshot record', () => {
     postCommand(dir, { id: 's1', type: 'stop' });
     expect((await resumed.done).state).toBe('done');
 
-    const counts = readCounts(`${worldFile(ctx)}.counts`);
-    expect([1, 2, 3, 4].map((i) => counts[`apply:prop-${i}`])).toEqual([1, 1, 1, 1]);
+    // Four approvals, four allowlist updates of the egress sidecar: none lost, none repeated.
+    const puts = FakeRuntime.read(worldFile(ctx)).ops.filter((o) => o === 'putFiles bottle-coder-egress');
+    expect(puts).toHaveLength(4);
     const records = EventLog.read(file);
     const keys = records.filter((r) => r.kind === 'effect.intent' && r.step === 'applyProposal').map((r) => (r.kind === 'effect.intent' ? r.key : ''));
     expect(new Set(keys).size).toBe(4);
