@@ -231,6 +231,21 @@ for (const runtime of ['runc', 'runsc'] as const) {
       expect(seen.filter((n) => !['bash', 'tr', 'head', 'sed', 'sort', 'ls', 'wc', 'cat'].includes(n))).toEqual([]);
     });
 
+    it('every container of the bottle (sidecars, namespace holder) is hardened and mounts nothing of the host', () => {
+      expect(observed.containers.map(roleOf).sort()).toEqual(['agent', 'egress', 'network']);
+      for (const c of observed.containers) {
+        const hc = c.HostConfig;
+        expect(hc.Privileged, c.Name).toBe(false);
+        expect(hc.CapDrop, c.Name).toContain('ALL');
+        expect(hc.CapAdd ?? [], c.Name).toEqual([]);
+        expect(hc.SecurityOpt, c.Name).toContain('no-new-privileges');
+        expect(hc.Binds ?? [], c.Name).toEqual([]);
+        expect(c.Mounts.filter((m) => m.Type === 'bind'), c.Name).toEqual([]);
+        expect(hc.NetworkMode, c.Name).not.toMatch(/^(host|bridge|default)$/);
+        expect(hc.PidMode ?? '', c.Name).toBe('');
+      }
+    });
+
     it('has no route out: no default route and no route through a gateway', () => {
       const v4 = routes4(dumped(run.stdout, 'route4'));
       const v6 = routes6(dumped(run.stdout, 'route6'));
