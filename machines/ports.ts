@@ -60,6 +60,8 @@ export interface ContainerSpec {
   capAdd?: string[];
   /** Upstream DNS servers for names Docker's embedded DNS does not know itself. */
   dns?: string[];
+  /** resolv.conf options (e.g. timeout:1). */
+  dnsOptions?: string[];
   /**
    * Environment as NAME=VALUE through the Docker API (never argv, never a file).
    * Forwarded host values arrive here only inside the adapter call, never in the log.

@@ -111,6 +111,8 @@ export function netnsHolderSpec(plan: BottlePlan, runId: string): ContainerSpec 
     // Closed DNS: Docker's embedded DNS answers the bottle's own names and sends every
     // other question here, where nothing listens. No name lookup ever leaves the bottle.
     dns: ['127.0.0.1'],
+    // A question nobody can answer fails within a second instead of hanging the agent.
+    dnsOptions: ['timeout:1', 'attempts:1'],
     env: {},
     entrypoint: ['sleep', 'infinity'],
     mounts: [],

@@ -57,23 +57,40 @@ async function buildSidecars() {
   return Object.keys(entryPoints);
 }
 
+/**
+ * The CLI is one bundle (dist/cli/main.js): every `bottle` command starts a fresh Node, and a
+ * detached run starts two; resolving and loading hundreds of module files dominated that
+ * start-up (docs/benchmarks.md, launch). Lazily imported modules stay lazy inside the bundle.
+ * Native add-ons stay outside (ssh2's optional cpu-features), and CommonJS dependencies get
+ * the require/__dirname they expect.
+ */
 async function buildCli() {
-  const entryPoints = (await Promise.all(CLI_LAYERS.map((l) => tsFiles(path.join(root, l))))).flat();
   await Promise.all(CLI_LAYERS.map((l) => rm(path.join(dist, l), { recursive: true, force: true })));
-  await esbuild.build({
-    entryPoints,
-    outdir: dist,
-    outbase: root,
-    bundle: false,
+  const result = await esbuild.build({
+    entryPoints: [path.join(root, 'cli', 'main.ts')],
+    outfile: path.join(dist, 'cli', 'main.js'),
+    bundle: true,
     platform: 'node',
     target: 'node20',
     format: 'esm',
+    external: ['cpu-features', '*.node'],
+    banner: {
+      js: [
+        "import { createRequire as __bottleCreateRequire } from 'node:module';",
+        "import { fileURLToPath as __bottleFileURLToPath } from 'node:url';",
+        "import { dirname as __bottleDirname } from 'node:path';",
+        'const require = __bottleCreateRequire(import.meta.url);',
+        'const __filename = __bottleFileURLToPath(import.meta.url);',
+        'const __dirname = __bottleDirname(__filename);',
+      ].join('\n'),
+    },
+    metafile: true,
     logLevel: 'warning',
   });
-  return entryPoints.length;
+  return Object.keys(result.metafile.inputs).filter((f) => !f.includes('node_modules')).length;
 }
 
 const started = Date.now();
 const sidecars = await buildSidecars();
 const cliFiles = sidecarsOnly ? 0 : await buildCli();
-console.error(`build: ${sidecars.length} sidecar bundle(s) [${sidecars.join(', ')}], ${cliFiles} CLI file(s) in ${Date.now() - started} ms`);
+console.error(`build: ${sidecars.length} sidecar bundle(s) [${sidecars.join(', ')}], CLI bundled from ${cliFiles} source file(s) in ${Date.now() - started} ms`);

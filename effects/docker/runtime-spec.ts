@@ -24,6 +24,7 @@ export function createBody(spec: ContainerSpec, env: string[]): Docker.Container
     ...(spec.runtime ? { Runtime: spec.runtime } : {}),
     ...(spec.extraHosts?.length ? { ExtraHosts: spec.extraHosts } : {}),
     ...(spec.dns?.length ? { Dns: spec.dns } : {}),
+    ...(spec.dnsOptions?.length ? { DnsOptions: spec.dnsOptions } : {}),
   };
   if (spec.hardened) {
     hostConfig.CapDrop = ['ALL'];
