@@ -5,7 +5,8 @@ import { EventLog } from '../../store/event-log.js';
 import { auditDir, eventsFile, logsFile } from '../../store/paths.js';
 import type { LogRecord } from '../../store/records.js';
 import { listBottles, readStateDoc } from '../../store/state-doc.js';
-import { foldLog } from '../engine/fold.js';
+import { foldLog, type Folded } from '../engine/fold.js';
+import { openBackend } from '../engine/wiring.js';
 import { replayFile } from '../engine/replay.js';
 import type { CliContext } from '../engine/wiring.js';
 import { info, printJson, table } from '../output.js';
@@ -42,27 +43,53 @@ function proposalsOf(snap: ReturnType<typeof readRun>['folded']['snapshot']) {
   }));
 }
 
-/** Other sources' audit lines (egress, cred-proxy, git-gate, supervise), when their sidecars wrote any. */
-function sidecarAudit(ctx: CliContext, identity: string, runId: string) {
-  const out: { at: number; source: string; type: string; [k: string]: unknown }[] = [];
-  for (const source of ['egress', 'cred-proxy', 'git-gate', 'supervise']) {
+type AuditEntry = { at: number; source: string; type: string; [k: string]: unknown };
+
+/**
+ * Other sources' audit lines (egress, cred-proxy, git-gate, supervise): what teardown kept in
+ * bottles/<id>/audit/<source>.jsonl, plus, while the run is live, what the running sidecars
+ * have written so far (their stdout). A line seen in both counts once.
+ */
+async function sidecarAudit(ctx: CliContext, identity: string, runId: string, snap: Folded['snapshot']): Promise<AuditEntry[]> {
+  const out: AuditEntry[] = [];
+  const seen = new Set<string>();
+  const take = (source: string, line: string, where: { file?: string; line?: number }) => {
+    if (!line.trim() || seen.has(line)) return;
+    seen.add(line);
+    try {
+      const rec = JSON.parse(line) as Record<string, unknown>;
+      if (rec.run !== undefined && rec.run !== runId) return;
+      const at = typeof rec.at === 'number' ? rec.at : Date.parse(String(rec.time ?? rec.at ?? ''));
+      out.push({ ...rec, at: Number.isFinite(at) ? at : 0, source, type: String(rec.type ?? rec.decision ?? 'record') });
+    } catch (err) {
+      if (!(err instanceof SyntaxError)) throw err;
+      out.push({ at: 0, source, type: 'unreadable', ...where });
+    }
+  };
+  for (const source of SOURCES) {
     const file = `${auditDir(ctx.home, identity)}/${source}.jsonl`;
     if (!existsSync(file)) continue;
-    const lines = readFileSync(file, 'utf8').split('\n');
-    lines.forEach((line, i) => {
-      if (!line.trim()) return;
-      try {
-        const rec = JSON.parse(line) as Record<string, unknown>;
-        if (rec.run !== undefined && rec.run !== runId) return;
-        const at = typeof rec.at === 'number' ? rec.at : Date.parse(String(rec.time ?? rec.at ?? ''));
-        out.push({ ...rec, at: Number.isFinite(at) ? at : 0, source, type: String(rec.type ?? rec.decision ?? 'record') });
-      } catch {
-        out.push({ at: 0, source, type: 'unreadable', file, line: i + 1 });
+    readFileSync(file, 'utf8')
+      .split('\n')
+      .forEach((line, i) => take(source, line, { file, line: i + 1 }));
+  }
+  const live = snap.status === 'active' ? (snap.context.plan?.sidecars ?? []).filter((s) => snap.context.created.some((c) => c.name === s.name)) : [];
+  if (live.length > 0) {
+    try {
+      const backend = await openBackend(ctx);
+      for (const s of live) {
+        for (const line of (await backend.runtime.readStdout(s.name)).split('\n')) if (line.startsWith('{')) take(s.role, line, { file: `docker logs ${s.name}` });
       }
-    });
+    } catch (err) {
+      // Without Docker the kept lines are still the audit; say what is missing.
+      if (!(err instanceof BottleError)) throw err;
+      out.push({ at: Date.now(), source: 'engine', type: 'audit.incomplete', reason: `${err.code}: live sidecar lines not read` });
+    }
   }
   return out;
 }
+
+const SOURCES = ['egress', 'cred-proxy', 'git-gate', 'supervise'];
 
 export async function cmdStatus(ctx: CliContext, identity: string, opts: { json?: boolean; run?: string }) {
   const { runId, records, folded } = readRun(ctx, identity, opts.run);
@@ -71,7 +98,7 @@ export async function cmdStatus(ctx: CliContext, identity: string, opts: { json?
   const alive = ownerAlive(ctx, identity, runId);
   const containers = snap.context.created.filter((c) => c.kind === 'container' && !snap.context.removed.some((r) => r.name === c.name));
   const last = records.slice(-8).map(describeRecord);
-  const denials = sidecarAudit(ctx, identity, runId)
+  const denials = (await sidecarAudit(ctx, identity, runId, snap))
     .filter((a) => a.source === 'egress' && (a.decision === 'deny' || a.type === 'deny'))
     .slice(-5);
   const status = {
@@ -125,7 +152,7 @@ function describeRecord(r: LogRecord): { seq: number; at: number; type: string; 
 
 /** The run's history as one timeline: engine records merged with the sidecars' audit lines. */
 export async function cmdAudit(ctx: CliContext, identity: string, opts: { json?: boolean; run?: string }) {
-  const { runId, records } = readRun(ctx, identity, opts.run);
+  const { runId, records, folded } = readRun(ctx, identity, opts.run);
   const engine = records
     .map((r) => {
       const base = { at: r.at, source: 'engine', seq: r.seq };
@@ -154,7 +181,7 @@ export async function cmdAudit(ctx: CliContext, identity: string, opts: { json?:
         }
       }
     });
-  const all = [...engine, ...sidecarAudit(ctx, identity, runId)].sort((a, b) => a.at - b.at);
+  const all = [...engine, ...(await sidecarAudit(ctx, identity, runId, folded.snapshot))].sort((a, b) => a.at - b.at);
   if (opts.json) return printJson(all);
   for (const e of all) {
     const { at, source, type, ...rest } = e as { at: number; source: string; type: string; [k: string]: unknown };
