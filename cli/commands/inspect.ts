@@ -69,9 +69,8 @@ async function sidecarAudit(ctx: CliContext, identity: string, runId: string, sn
   for (const source of SOURCES) {
     const file = `${auditDir(ctx.home, identity)}/${source}.jsonl`;
     if (!existsSync(file)) continue;
-    readFileSync(file, 'utf8')
-      .split('\n')
-      .forEach((line, i) => take(source, line, { file, line: i + 1 }));
+    const lines = readFileSync(file, 'utf8').split('\n');
+    for (const [i, line] of lines.entries()) take(source, line, { file, line: i + 1 });
   }
   const live = snap.status === 'active' ? (snap.context.plan?.sidecars ?? []).filter((s) => snap.context.created.some((c) => c.name === s.name)) : [];
   if (live.length > 0) {
