@@ -143,9 +143,17 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     const staged = stagedPaths(deps, plan, runId);
     const created: CreatedResource[] = [];
     const deadline = deps.sidecarDeadlineMs ?? 30_000;
-    // Sidecars start in parallel; each is waited for with its own readiness check.
-    const results = await Promise.allSettled(
-      plan.sidecars.map(async (s) => {
+    // Sidecars start in parallel, each waited for with its own readiness check; the agent's
+    // network namespace (holder, default route removed) is made meanwhile.
+    const netns = async () => {
+      await runtime.ensureContainer(netnsHolderSpec(plan, runId), signal);
+      created.push({ kind: 'container', name: plan.netns.holder, role: 'network' });
+      await runtime.startContainer(plan.netns.holder, signal);
+      await removeDefaultRoute(plan, runId, signal);
+    };
+    const results = await Promise.allSettled([
+      netns(),
+      ...plan.sidecars.map(async (s) => {
         const config = s.role === 'egress' ? [{ hostPath: staged.allowlistFile, containerPath: EGRESS_ALLOWLIST_PATH }] : [];
         await runtime.ensureContainer(sidecarSpec(plan, runId, s, config, input.gateways ?? []), signal);
         created.push({ kind: 'container', name: s.name, role: s.role });
@@ -155,11 +163,10 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
         const readiness = s.role === 'egress' ? { kind: 'http' as const, port: s.port, path: '/healthz' } : { kind: 'tcp' as const, port: s.port };
         await runtime.waitReady(s.name, readiness, deadline, signal);
       }),
-    );
+    ]);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    // Created order is completion order; sort for a stable, replayable record.
-    const order = plan.sidecars.map((s) => s.name);
-    created.sort((a, b) => order.indexOf(a.name) - order.indexOf(b.name));
+    // `created` is in the order things came to exist (teardown reverses it); the journal
+    // records it, so replay and resume see the same order.
     if (failed) failWith(failed.reason, created);
     return { created };
   };
@@ -174,10 +181,6 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
         const value = deps.hostEnv.get(hostName);
         if (value !== undefined) forwarded[name] = value;
       }
-      await runtime.ensureContainer(netnsHolderSpec(plan, runId), signal);
-      created.push({ kind: 'container', name: plan.netns.holder, role: 'network' });
-      await runtime.startContainer(plan.netns.holder, signal);
-      await removeDefaultRoute(plan, runId, signal);
       await runtime.ensureVolume({ name: plan.volume, labels: labelsFor(plan, runId, 'volume') }, signal);
       created.push({ kind: 'volume', name: plan.volume });
       await runtime.ensureContainer(agentSpec(plan, runId, staged, forwarded), signal);

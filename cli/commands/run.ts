@@ -211,7 +211,7 @@ async function waitForState(ctx: CliContext, identity: string, runId: string, ok
         }
       }
     }
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 25));
   }
 }
 

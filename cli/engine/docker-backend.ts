@@ -109,7 +109,8 @@ export async function dockerBackend(ctx: CliContext): Promise<Backend> {
   const { bottleDir } = await import('../../store/paths.js');
   return {
     kind: 'docker',
-    runtime: new DockerodeRuntime(docker),
+    // Readiness is polled; 50 ms keeps a launch from idling on the poll (docs/benchmarks.md).
+    runtime: new DockerodeRuntime(docker, { pollMs: 50 }),
     images: new DockerImages(ctx, docker, (identity) => bottleDir(ctx.home, identity)),
     capabilities: new PendingCapabilities(),
     imageTags: async () => {
