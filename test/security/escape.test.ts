@@ -16,7 +16,7 @@ import {
   dumped,
   endStrayRuns,
   filesContaining,
-  type ForbiddenServer,
+  type TestServer,
   hostArgvContaining,
   identityLabels,
   identityOf,
@@ -45,7 +45,9 @@ import {
   type SecBottle,
   SOCKET_PROBE,
   secretScan,
-  startForbiddenServer,
+  startServer,
+  createSuiteNetwork,
+  attachServer,
   suiteLabels,
   tempProject,
   track,
@@ -67,12 +69,17 @@ const GATEWAY_PORTS = [22, 53, 80, 443, 2375, 2376, 3128, 8080];
 /** Every identity this file launched, for the final sweep and assertion. */
 const identities = new Set<string>();
 let sidecarImage = '';
-let server: ForbiddenServer;
+/** Never allowlisted: nothing may ever reach it. */
+let server: TestServer;
+/** Allowlisted on its port: the control that the egress path works. */
+let allowedServer: TestServer;
 
 beforeAll(async () => {
   ensureBuilt();
   sidecarImage = (await ensureTestImages()).sidecar;
-  server = await startForbiddenServer(sidecarImage);
+  const network = await createSuiteNetwork();
+  server = await startServer(sidecarImage, network, 'forbidden');
+  allowedServer = await startServer(sidecarImage, network, 'allowed');
   // Positive control: a peer on the server's own network reaches it by alias and by IP.
   const control = await controlReach(server, sidecarImage);
   expect(control).toContain(`${server.alias}:pong`);
@@ -101,6 +108,8 @@ interface Observed {
   internalNetwork: Docker.NetworkInspectInfo;
   gateway: string;
   egressNetAddress: string;
+  /** The forbidden server's address on the bottle's egress network, once attached there. */
+  forbiddenEgressNetAddress: string;
   homeFiles: string[];
   homeHits: string[];
   homeNotPrivate: string[];
@@ -118,6 +127,8 @@ for (const runtime of ['runc', 'runsc'] as const) {
     let r: Record<string, string>;
     let observed: Observed;
     let connectionsBefore = 0;
+    let allowedBefore = 0;
+    let allowedAfter: string[] = [];
 
     beforeAll(async () => {
       const script = [
@@ -126,11 +137,13 @@ for (const runtime of ['runc', 'runsc'] as const) {
         KERNEL_PROBE,
         SOCKET_PROBE,
         secretScan({ canary: needle(canary), forwarded: needle(forwarded) }, { BB_FORWARDED: 'forwarded' }),
-        readyThenRead(['GW', 'EGRESSNET']),
+        readyThenRead(['GW', 'EGRESSNET', 'FEIP']),
         networkProbe({
           server: { ip: server.ip, alias: server.alias, name: server.container, port: server.port },
+          allowed: { alias: allowedServer.alias, port: allowedServer.port },
           gatewayVar: '$GW',
           egressNetVar: '$EGRESSNET',
+          forbiddenEgressNetVar: '$FEIP',
           gatewayPorts: GATEWAY_PORTS,
         }),
         'result done yes\n',
@@ -139,6 +152,7 @@ for (const runtime of ['runc', 'runsc'] as const) {
         tag: `probe-${runtime}`,
         runtime,
         script,
+        allow: ['allowed.test', `${allowedServer.alias}:${allowedServer.port}`],
         manifestEnv: { BB_FORWARDED: { from_host: 'BB_SEC_FORWARD_SOURCE' }, BB_LITERAL: { value: 'not-a-secret' } },
         hostEnv: { SECRET_CANARY: canary, BB_SEC_FORWARD_SOURCE: forwarded },
       });
@@ -146,6 +160,7 @@ for (const runtime of ['runc', 'runsc'] as const) {
       identity = b.agent;
       identities.add(identity);
       connectionsBefore = (await server.connections()).length;
+      allowedBefore = (await allowedServer.connections()).length;
 
       run = await runAttached(b, async () => {
         // The bottle is up and the agent waits on stdin: look at it from the host.
@@ -160,7 +175,11 @@ for (const runtime of ['runc', 'runsc'] as const) {
         const egress = containers.find((c) => roleOf(c) === 'egress');
         const gateway = internalNetwork?.IPAM?.Config?.[0]?.Gateway;
         const egressNetAddress = egressNet && egress?.NetworkSettings.Networks[egressNet.Name]?.IPAddress;
-        if (!internalNetwork || !gateway || !egressNetAddress) throw new Error(`cannot find the bottle's networks: ${JSON.stringify(nets.map((n) => n.Name))}`);
+        if (!internalNetwork || !egressNet || !gateway || !egressNetAddress) throw new Error(`cannot find the bottle's networks: ${JSON.stringify(nets.map((n) => n.Name))}`);
+        // Both servers join the egress network: the egress sidecar could reach either, so only
+        // its allowlist keeps the forbidden one out.
+        const forbiddenEgressNetAddress = await attachServer(server, egressNet.Name);
+        await attachServer(allowedServer, egressNet.Name);
         const obs: Observed = {
           agent,
           holder,
@@ -168,15 +187,17 @@ for (const runtime of ['runc', 'runsc'] as const) {
           internalNetwork,
           gateway,
           egressNetAddress,
+          forbiddenEgressNetAddress,
           homeFiles: listFiles(b.home),
           homeHits: filesContaining(b.home, secrets),
           homeNotPrivate: notPrivate(b.home),
           argvHits: hostArgvContaining(secrets),
         };
-        return { stdin: `${gateway} ${egressNetAddress}\n`, observed: obs };
+        return { stdin: `${gateway} ${egressNetAddress} ${forbiddenEgressNetAddress}\n`, observed: obs };
       });
       observed = run.observed as Observed;
       r = results(run.stdout);
+      allowedAfter = await allowedServer.connections();
     }, 180_000);
 
     afterAll(async () => {
@@ -297,12 +318,19 @@ for (const runtime of ['runc', 'runsc'] as const) {
     });
 
     it('cannot reach a server on another network, by IP or by name, directly or through egress; the server saw nothing', async () => {
-      for (const key of ['forbidden_ip', 'forbidden_alias', 'forbidden_name']) expect(r[key], key).toMatch(/^rc=[1-9]/);
-      for (const key of ['proxy_get_ip', 'proxy_get_alias', 'proxy_connect_ip', 'proxy_connect_alias']) {
-        expect(r[key], key).toMatch(/^\d{3}$/);
-        expect(r[key], key).not.toMatch(/^2/);
-      }
+      for (const key of ['forbidden_ip', 'forbidden_alias', 'forbidden_name', 'forbidden_egress_net_ip']) expect(r[key], key).toMatch(/^rc=[1-9]/);
+      // Through the proxy: by its IP on its own network, by its alias and container name and by
+      // its IP on the egress network (where the egress sidecar could reach it), GET and CONNECT.
+      // The egress proxy refuses each with 403 (a GET's status, a CONNECT's tunnel status).
+      for (const key of ['proxy_get_ip', 'proxy_get_alias', 'proxy_get_name', 'proxy_get_egress_net_ip']) expect(r[key], key).toMatch(/^code=403,/);
+      for (const key of ['proxy_connect_ip', 'proxy_connect_alias', 'proxy_connect_egress_net_ip']) expect(r[key], key).toMatch(/,connect=403$/);
       expect(await server.connections()).toHaveLength(connectionsBefore);
+    });
+
+    it('the control: the allowlisted server on the same network is reached through egress, from the egress sidecar', () => {
+      const fresh = allowedAfter.slice(allowedBefore);
+      expect(fresh.length, `proxy_get_allowed=${r.proxy_get_allowed}`).toBeGreaterThan(0);
+      for (const line of fresh) expect(line).toMatch(new RegExp(`${observed.egressNetAddress.replace(/\./g, '\\.')}$`));
     });
 
     it('cannot open a TCP connection to its internal network’s gateway address, on any port', () => {

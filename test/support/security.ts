@@ -42,6 +42,8 @@ export interface BottleOptions {
   tag: string;
   runtime: Runtime;
   script: string;
+  /** The egress allowlist (default: allowed.test). */
+  allow?: string[];
   /** The bottle's `env:` block. */
   manifestEnv?: Record<string, { value: string } | { from_host: string }>;
   /** Extra variables in the CLI's own environment (the "host" environment). */
@@ -65,7 +67,7 @@ export function newBottle(opts: BottleOptions): SecBottle {
     bottles: {
       sec: {
         runtime: opts.runtime,
-        egress: { allow: ['allowed.test'] },
+        egress: { allow: opts.allow ?? ['allowed.test'] },
         ...(opts.manifestEnv ? { env: opts.manifestEnv } : {}),
       },
     },
@@ -450,28 +452,34 @@ export async function leftovers(identity: string): Promise<string[]> {
 
 export { assertNothingLabelled, suiteLabels };
 
-export interface ForbiddenServer {
+export interface TestServer {
+  /** The suite's own network the server starts on; no bottle is ever attached to it. */
   network: string;
   container: string;
   alias: string;
+  /** Its address on `network`. */
   ip: string;
   port: number;
-  /** One entry per TCP connection the server accepted (its own log). */
+  /** One entry per TCP connection the server accepted (its own log): `CONN <peer address>`. */
   connections(): Promise<string[]>;
 }
 
-/**
- * A TCP server on a network of the suite's own that no bottle is attached to, reachable by
- * IP and by a network alias; it logs one line per connection, which is the ground truth
- * for "the agent never got through".
- */
-export async function startForbiddenServer(image: string): Promise<ForbiddenServer> {
-  const network = `bbt-${SUITE_ID}-forbidden`;
-  const container = `bbt-${SUITE_ID}-forbidden-server`;
-  const alias = `forbidden-${SUITE_ID}.test`;
-  const port = 7777;
-  // internal: this network leads nowhere either; the control client below is its only other member.
+/** The suite's network for its servers: internal, so it leads nowhere either. */
+export async function createSuiteNetwork(): Promise<string> {
+  const network = `bbt-${SUITE_ID}-servers`;
   await docker().createNetwork({ Name: network, Driver: 'bridge', Internal: true, Labels: { ...suiteLabels }, CheckDuplicate: true });
+  return network;
+}
+
+/**
+ * A TCP server of the suite's own (node from the sidecar image) that logs one line per
+ * connection, which is the ground truth for "nobody got through" (or, for a control, "the
+ * path works"). `role` names it; the alias is `<role>-<suite>.test`.
+ */
+export async function startServer(image: string, network: string, role: string): Promise<TestServer> {
+  const container = `bbt-${SUITE_ID}-${role}-server`;
+  const alias = `${role}-${SUITE_ID}.test`;
+  const port = 7777;
   const code = `require('net').createServer((s) => { console.log('CONN ' + s.remoteAddress); s.on('error', () => {}); s.end('pong\\n'); }).listen(${port}, () => console.log('LISTENING'))`;
   const c = await docker().createContainer({
     name: container,
@@ -488,20 +496,35 @@ export async function startForbiddenServer(image: string): Promise<ForbiddenServ
   };
   const deadline = Date.now() + 20_000;
   while (!(await logs()).includes('LISTENING')) {
-    if (Date.now() > deadline) throw new Error(`forbidden server did not start: ${(await logs()).join('\n')}`);
+    if (Date.now() > deadline) throw new Error(`${role} server did not start: ${(await logs()).join('\n')}`);
     await delay(100);
   }
   const info = await c.inspect();
   const ip = info.NetworkSettings.Networks[network]?.IPAddress;
-  if (!ip) throw new Error(`forbidden server has no address on ${network}`);
+  if (!ip) throw new Error(`${role} server has no address on ${network}`);
   return { network, container, alias, ip, port, connections: async () => (await logs()).filter((l) => l.startsWith('CONN ')) };
 }
 
 /**
- * The positive control: a peer on the forbidden network reaches the server by alias and by
- * IP, so "unreachable from the bottle" means the bottle, not a broken server.
+ * Puts a server on a bottle's egress network under its alias, where the egress sidecar could
+ * reach it: then only the allowlist stands between the agent and the server. Returns its
+ * address there. Teardown of the bottle disconnects it again with the network.
  */
-export async function controlReach(server: ForbiddenServer, image: string): Promise<string> {
+export async function attachServer(server: TestServer, network: string): Promise<string> {
+  await docker()
+    .getNetwork(network)
+    .connect({ Container: server.container, EndpointConfig: { Aliases: [server.alias] } });
+  const info = await docker().getContainer(server.container).inspect();
+  const ip = info.NetworkSettings.Networks[network]?.IPAddress;
+  if (!ip) throw new Error(`${server.container} has no address on ${network}`);
+  return ip;
+}
+
+/**
+ * The positive control: a peer on the server's network reaches it by alias and by IP, so
+ * "unreachable from the bottle" means the bottle, not a broken server.
+ */
+export async function controlReach(server: TestServer, image: string): Promise<string> {
   const code = `const net = require('net');
 const one = (host) => new Promise((res) => { const s = net.connect(${server.port}, host); let d = ''; s.on('data', (x) => (d += x)); s.on('close', () => res(host + ':' + d.trim())); s.on('error', (e) => res(host + ':' + e.code)); });
 (async () => { console.log(await one('${server.alias}')); console.log(await one('${server.ip}')); })();`;
@@ -727,10 +750,16 @@ if read -r -t 100 ${vars.join(' ')}; then result stdin received; else result std
 }
 
 export interface NetworkTargets {
+  /** The forbidden server (never allowlisted) and the allowed one (allowlisted on its port). */
   server: { ip: string; alias: string; name: string; port: number };
-  /** Shell expressions (variables read from stdin) for the internal network's gateway and the egress sidecar's egress-network address. */
+  allowed: { alias: string; port: number };
+  /**
+   * Shell expressions (variables read from stdin) for the internal network's gateway, the
+   * egress sidecar's address on the egress network, and the forbidden server's address there.
+   */
   gatewayVar: string;
   egressNetVar: string;
+  forbiddenEgressNetVar: string;
   gatewayPorts: number[];
 }
 
@@ -767,14 +796,15 @@ export function networkProbe(t: NetworkTargets): string {
   return `${writeFile('/tmp/tcp.js', TCP_JS)}${String.raw`result proxy_env "$(printenv HTTPS_PROXY)"
 # Short resolver timeouts: Docker's embedded DNS never answers a name it cannot forward.
 export RES_OPTIONS='timeout:1 attempts:1'
-proxy_probe() { local key=$1; shift; result "$key" "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$@")"; }
+# proxy_probe KEY CURL-ARGS: the proxy's answer to a GET (code) and to a CONNECT (connect)
+proxy_probe() { local key=$1; shift; result "$key" "$(curl -s -m 5 -o /dev/null -w 'code=%{http_code},connect=%{http_connect}' "$@")"; }
 resolve() {
   local out rc
   out=$(unset HTTP_PROXY HTTPS_PROXY http_proxy https_proxy NO_PROXY no_proxy ALL_PROXY all_proxy; getent hosts "$2")
   rc=$?
   if [ "$rc" = 0 ]; then result "$1" "resolved:$(echo "$out" | awk '{print $1}' | tr '\n' ' ')"; else result "$1" "unresolved:$rc"; fi
 }
-`}node /tmp/tcp.js ${gw} "egress_net_sidecar:${t.egressNetVar}:3128:3000"
+`}node /tmp/tcp.js ${gw} "egress_net_sidecar:${t.egressNetVar}:3128:3000" "forbidden_egress_net_ip:${t.forbiddenEgressNetVar}:${port}:3000"
 tcp_probe egress_sidecar egress 3128 3 &
 tcp_probe forbidden_ip ${ip} ${port} 3 &
 tcp_probe forbidden_alias ${alias} ${port} 3 &
@@ -783,10 +813,16 @@ tcp_probe forbidden_name ${name} ${port} 3 &
 proxy_probe proxy_get_ip -x http://egress:3128 http://${ip}:${port}/ &
 proxy_probe proxy_get_alias -x http://egress:3128 http://${alias}:${port}/ &
 wait
+proxy_probe proxy_get_name -x http://egress:3128 http://${name}:${port}/ &
+proxy_probe proxy_get_egress_net_ip -x http://egress:3128 "http://${t.forbiddenEgressNetVar}:${port}/" &
 proxy_probe proxy_connect_ip -p -x http://egress:3128 http://${ip}:${port}/ &
-proxy_probe proxy_connect_alias -p -x http://egress:3128 http://${alias}:${port}/ &
-resolve dns_alias ${alias} &
 wait
+proxy_probe proxy_connect_alias -p -x http://egress:3128 http://${alias}:${port}/ &
+proxy_probe proxy_connect_egress_net_ip -p -x http://egress:3128 "http://${t.forbiddenEgressNetVar}:${port}/" &
+# The control: the allowlisted server on the same network, through the same proxy.
+proxy_probe proxy_get_allowed -x http://egress:3128 http://${t.allowed.alias}:${t.allowed.port}/ &
+wait
+resolve dns_alias ${alias} &
 resolve dns_name ${name} &
 resolve dns_egress egress &
 wait
