@@ -327,6 +327,29 @@ for (const runtime of ['runc', 'runsc'] as const) {
       expect(await server.connections()).toHaveLength(connectionsBefore);
     });
 
+    it('every attempt through egress is in `bottle audit`: each refusal with its reason, the allowlisted one allowed', async () => {
+      const audit = await cli(b, ['audit', identity, '--json']);
+      expect(audit.code, audit.stderr).toBe(0);
+      const egress = (JSON.parse(audit.stdout) as { source: string; method?: string; host?: string; port?: number; decision?: string; reason?: string }[]).filter((e) => e.source === 'egress');
+      const seen = (decision: string) =>
+        egress
+          .filter((e) => e.decision === decision)
+          .map((e) => `${e.method} ${e.host}:${e.port}`)
+          .sort();
+      const denied = [
+        `GET ${server.ip}:${server.port}`,
+        `GET ${server.alias}:${server.port}`,
+        `GET ${server.container}:${server.port}`,
+        `GET ${observed.forbiddenEgressNetAddress}:${server.port}`,
+        `CONNECT ${server.ip}:${server.port}`,
+        `CONNECT ${server.alias}:${server.port}`,
+        `CONNECT ${observed.forbiddenEgressNetAddress}:${server.port}`,
+      ].sort();
+      expect(seen('deny')).toEqual(denied);
+      expect(seen('allow')).toEqual([`GET ${allowedServer.alias}:${allowedServer.port}`]);
+      for (const e of egress.filter((x) => x.decision === 'deny')) expect(e.reason, `${e.method} ${e.host}`).toMatch(/allowlist/);
+    });
+
     it('the control: the allowlisted server on the same network is reached through egress, from the egress sidecar', () => {
       const fresh = allowedAfter.slice(allowedBefore);
       expect(fresh.length, `proxy_get_allowed=${r.proxy_get_allowed}`).toBeGreaterThan(0);
