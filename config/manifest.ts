@@ -134,7 +134,8 @@ const AgentSpecSchema = strict({
   prompt: z.string().optional(),
   prompt_file: PathString.optional(),
   /** Absent: the image's CMD. */
-  command: z.array(z.string().min(1)).min(1).optional(),
+  // A NUL cannot be passed to exec: refused here rather than by the container at start.
+  command: z.array(z.string().min(1).refine((a) => !a.includes('\0'), 'must not contain a NUL character')).min(1).optional(),
   skills: z.array(PathString).default(() => []),
 });
 

@@ -14,7 +14,14 @@ export function labelsFor(plan: { identity: string; home: string }, runId: strin
 
 /** uid/gid of the `agent` user in the built-in agent image. */
 export const AGENT_UID = 1000;
-export const AGENT_PIDS_LIMIT = 512;
+export const AGENT_PIDS_LIMIT = 2048;
+/**
+ * Under gVisor the pids cgroup counts the sandbox's own host threads (an idle sandbox already
+ * holds about 44, and they are not given back), and passing the limit kills the whole sandbox
+ * instead of failing one fork. The sandbox's kernel is the boundary there; the limit only has
+ * to stop a runaway, not ordinary parallel work.
+ */
+export const AGENT_PIDS_LIMIT_RUNSC = 16384;
 export const AGENT_MEMORY_BYTES = 4 * 1024 ** 3;
 
 export function agentSpec(
@@ -41,7 +48,7 @@ export function agentSpec(
     tty: plan.tty,
     openStdin: true,
     hardened: true,
-    pidsLimit: AGENT_PIDS_LIMIT,
+    pidsLimit: plan.runtime === 'runsc' ? AGENT_PIDS_LIMIT_RUNSC : AGENT_PIDS_LIMIT,
     memoryBytes: AGENT_MEMORY_BYTES,
   };
 }
