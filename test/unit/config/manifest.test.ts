@@ -345,3 +345,10 @@ describe('formatPath', () => {
     expect(formatPath(['env', 'NOT-OK'])).toBe('env.NOT-OK');
   });
 });
+
+describe('validateManifest: agent commands', () => {
+  it('refuses a NUL inside a command argument, naming its path', () => {
+    const doc = { version: 1, bottles: { b: {} }, agents: { a: { bottle: 'b', command: ['bash', '-c', 'echo\0hi'] } } };
+    expectIssue(doc, 'agents.a.command[2]', 'NUL');
+  });
+});
