@@ -109,10 +109,21 @@ export interface BottlePlan {
   prompt: { text: string } | { file: string };
   command: string[] | null;
   skills: string[];
-  routes: { path: string; upstream: string; roles: string[] }[];
+  /** Routes with their secret refs (names, never values; file refs resolved to absolute paths). */
+  routes: PlannedRoute[];
   git: { name: string; upstream: string; push: string[] }[];
   supervise: boolean;
   tty: boolean;
+}
+
+export type PlannedSecretRef = { file: string } | { env: string };
+export interface PlannedRoute {
+  path: string;
+  upstream: string;
+  roles: string[];
+  inject: { header: string; format: string };
+  token: PlannedSecretRef;
+  ca?: { file: string };
 }
 
 export const PROMPT_PATH = '/run/bottle/prompt';
@@ -255,7 +266,17 @@ export function buildPlan(input: PlanInput, world: WorldFacts): BottlePlan {
     prompt: agent.prompt_file ? { file: resolveManifestPath(input.manifestDir, agent.prompt_file, input.homeDir) } : { text: agent.prompt ?? '' },
     command: agent.command ?? null,
     skills: agent.skills.map((s) => resolveManifestPath(input.manifestDir, s, input.homeDir)),
-    routes: bottle.cred_proxy.routes.map((r) => ({ path: r.path, upstream: r.upstream, roles: [...r.roles] })),
+    routes: bottle.cred_proxy.routes.map((r) => {
+      const ref = (x: { file: string } | { env: string }) => ('file' in x ? { file: resolveManifestPath(input.manifestDir, x.file, input.homeDir) } : { env: x.env });
+      return {
+        path: r.path,
+        upstream: r.upstream,
+        roles: [...r.roles],
+        inject: { header: r.inject.header, format: r.inject.format },
+        token: ref(r.token),
+        ...(r.ca ? { ca: { file: resolveManifestPath(input.manifestDir, r.ca.file, input.homeDir) } } : {}),
+      };
+    }),
     git: bottle.git.map((g) => ({ name: g.name, upstream: g.upstream, push: [...g.push] })),
     supervise: bottle.supervise,
     tty: input.tty ?? false,

@@ -239,3 +239,13 @@ export interface AuditSink {
   /** Appends the lines not already there (teardown may run again after a crash). */
   append(identity: string, source: string, lines: string[]): Promise<void>;
 }
+
+/**
+ * Reads secret refs on the host at the moment a sidecar needs them. Values go from here to
+ * the sidecar's files through the Docker API only: never a log record, an env-file or argv.
+ */
+export interface SecretReader {
+  read(ref: { file: string } | { env: string }): string;
+  /** Calls back when a file ref's content changes (token rotation); returns a stop function. */
+  watch(files: string[], onChange: (file: string) => void): () => void;
+}

@@ -1,5 +1,5 @@
-import { PROMPT_PATH, type BottlePlan, type SidecarPlan } from './plan.js';
-import { LABEL, type ContainerSpec, type Labels, type Role } from './ports.js';
+import { placeholderToken, PROMPT_PATH, type BottlePlan, type SidecarPlan } from './plan.js';
+import { type ContainerSpec, type FileToPut, LABEL, type Labels, type Role } from './ports.js';
 
 /**
  * Container and network specs derived from a plan: pure policy, so the hardening of
@@ -84,6 +84,7 @@ export function sidecarSpec(
       BOTTLE_BOTTLE: plan.bottle,
       BOTTLE_RUN: runId,
       ...(sidecar.role === 'egress' ? { BOTTLE_EGRESS_ALLOWLIST: EGRESS_ALLOWLIST_PATH, BOTTLE_EGRESS_DENY: gateways.join(',') } : {}),
+      ...(sidecar.role === 'cred-proxy' ? { BOTTLE_CRED_ROUTES: CRED_ROUTES_PATH, BOTTLE_CRED_PLACEHOLDER: placeholderToken(runId) } : {}),
     },
     cmd: [`/opt/bot-bottle/sidecars/${sidecarProgram(sidecar.role)}.mjs`],
     mounts: [],
@@ -96,9 +97,37 @@ export function sidecarSpec(
   };
 }
 
+export const CRED_DIR = '/run/bottle/cred-proxy';
+export const CRED_ROUTES_PATH = `${CRED_DIR}/routes.json`;
+export const credTokenPath = (i: number) => `${CRED_DIR}/secrets/${i}`;
+const credCaPath = (i: number) => `${CRED_DIR}/ca/${i}.pem`;
+
+/**
+ * The cred-proxy's configuration as files for its container only: the routes (no secrets)
+ * and, per route, the token and the optional CA bundle, each 0600 and owned by the sidecar
+ * user. `read` resolves a secret ref on the host at this moment.
+ */
+export function credProxyFiles(plan: BottlePlan, read: (ref: { file: string } | { env: string }) => string): FileToPut[] {
+  const own = { mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID };
+  const routes = plan.routes.map((r, i) => ({
+    path: r.path,
+    upstream: r.upstream,
+    inject: r.inject,
+    roles: r.roles,
+    token_file: credTokenPath(i),
+    ...(r.ca ? { ca_file: credCaPath(i) } : {}),
+  }));
+  const files: FileToPut[] = [{ containerPath: CRED_ROUTES_PATH, content: `${JSON.stringify({ routes }, null, 2)}\n`, ...own }];
+  plan.routes.forEach((r, i) => {
+    files.push({ containerPath: credTokenPath(i), content: read(r.token), ...own });
+    if (r.ca) files.push({ containerPath: credCaPath(i), content: read(r.ca), ...own });
+  });
+  return files;
+}
+
 /** Which program each sidecar runs; roles without their own program yet run the placeholder. */
 export function sidecarProgram(role: SidecarPlan['role']): string {
-  const implemented: SidecarPlan['role'][] = ['egress'];
+  const implemented: SidecarPlan['role'][] = ['egress', 'cred-proxy'];
   return implemented.includes(role) ? role : 'placeholder';
 }
 

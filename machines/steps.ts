@@ -13,11 +13,22 @@ import type {
   ImageProvider,
   LabelledObject,
   RunRegistry,
+  SecretReader,
   Stager,
 } from './ports.js';
 import { LABEL } from './ports.js';
 import { parseEgressEntry } from '../config/field-rules.js';
-import { agentSpec, allowlistFile, EGRESS_ALLOWLIST_PATH, labelsFor, netFixerSpec, netnsHolderSpec, sidecarSpec } from './specs.js';
+import {
+  agentSpec,
+  allowlistFile,
+  credProxyFiles,
+  credTokenPath,
+  EGRESS_ALLOWLIST_PATH,
+  labelsFor,
+  netFixerSpec,
+  netnsHolderSpec,
+  sidecarSpec,
+} from './specs.js';
 
 /**
  * The effects of the bottle machine, built from the ports they need (Temporal's
@@ -31,6 +42,7 @@ import { agentSpec, allowlistFile, EGRESS_ALLOWLIST_PATH, labelsFor, netFixerSpe
 export interface StepDeps {
   runtime: ContainerRuntime;
   audit: AuditSink;
+  secrets: SecretReader;
   images: ImageProvider;
   stager: Stager;
   files: HostFiles;
@@ -157,10 +169,13 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
         const config = s.role === 'egress' ? [{ hostPath: staged.allowlistFile, containerPath: EGRESS_ALLOWLIST_PATH }] : [];
         await runtime.ensureContainer(sidecarSpec(plan, runId, s, config, input.gateways ?? []), signal);
         created.push({ kind: 'container', name: s.name, role: s.role });
+        // The real tokens reach the cred-proxy's container through the Docker API, read from
+        // their refs now: never a staged host file, an env var or a log record.
+        if (s.role === 'cred-proxy') await runtime.putFiles(s.name, credProxyFiles(plan, (ref) => deps.secrets.read(ref)), signal);
         await runtime.startContainer(s.name, signal);
-        // The egress proxy is healthy only once it has read its allowlist: a proxy without a
-        // policy must fail the start, never run open.
-        const readiness = s.role === 'egress' ? { kind: 'http' as const, port: s.port, path: '/healthz' } : { kind: 'tcp' as const, port: s.port };
+        // The egress proxy is healthy only once it has read its allowlist, the cred-proxy once
+        // it has read every token: a sidecar without its policy fails the start.
+        const readiness = s.role === 'egress' || s.role === 'cred-proxy' ? { kind: 'http' as const, port: s.port, path: '/healthz' } : { kind: 'tcp' as const, port: s.port };
         await runtime.waitReady(s.name, readiness, deadline, signal);
       }),
     ]);
@@ -208,10 +223,33 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     }
   }
 
+  /**
+   * Waits for the agent to exit. Meanwhile a token file rotated on the host is pushed into the
+   * cred-proxy, which re-reads it without a restart.
+   */
   const agentExit = async (input: PlanStepInput, signal: AbortSignal) => {
     const { plan, runId } = input;
-    return runtime.waitExit(plan.container, { ...(deps.io ? { io: deps.io } : {}), logFile: deps.paths.agentLog(plan.identity, runId) }, signal);
+    const stopWatching = watchRotations(plan, signal);
+    try {
+      return await runtime.waitExit(plan.container, { ...(deps.io ? { io: deps.io } : {}), logFile: deps.paths.agentLog(plan.identity, runId) }, signal);
+    } finally {
+      stopWatching();
+    }
   };
+
+  function watchRotations(plan: BottlePlan, signal: AbortSignal): () => void {
+    const proxy = plan.sidecars.find((s) => s.role === 'cred-proxy');
+    const files = plan.routes.flatMap((r) => ('file' in r.token ? [r.token.file] : []));
+    if (!proxy || files.length === 0) return () => undefined;
+    return deps.secrets.watch(files, (file) => {
+      const all = credProxyFiles(plan, (ref) => deps.secrets.read(ref));
+      const changed = plan.routes.flatMap((r, i) => ('file' in r.token && r.token.file === file ? [credTokenPath(i)] : []));
+      runtime.putFiles(proxy.name, all.filter((f) => changed.includes(f.containerPath)), signal).catch((err: unknown) => {
+        // The old token stays in use; the next change tries again. Nothing else to do here.
+        deps.progress(`could not hand the rotated token to ${proxy.name}: ${(err as Error).message}`);
+      });
+    });
+  }
 
   /**
    * An approved allowlist addition goes to the running egress sidecar as a new allowlist
@@ -256,8 +294,8 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
   async function removeResource(r: CreatedResource, signal: AbortSignal, identity: string) {
     switch (r.kind) {
       case 'container':
-        // The egress sidecar writes its audit lines to stdout; they are kept before it goes.
-        if (r.role === 'egress') await collectAudit(identity, r.name, 'egress', signal);
+        // Sidecars write their audit lines to stdout; they are kept before the container goes.
+        if (r.role === 'egress' || r.role === 'cred-proxy') await collectAudit(identity, r.name, r.role, signal);
         await runtime.removeContainer(r.name, signal);
         break;
       case 'network':

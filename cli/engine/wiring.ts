@@ -1,12 +1,13 @@
-import { existsSync } from 'node:fs';
+import { existsSync, type Stats, unwatchFile, watchFile } from 'node:fs';
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { BottleError } from '../../config/errors.js';
+import { readSecret } from '../../config/secrets.js';
 import { FakeCapabilities, FakeImages } from '../../effects/fakes.js';
 import { FakeRuntime, type FakeFailure } from '../../effects/fake-runtime.js';
 import { FsStager, NodeHostFiles, ProcessHostEnv, SystemClock } from '../../effects/local.js';
-import type { AgentIO, AuditSink, BottlePaths, BuildProgress, CapabilityApplier, ContainerRuntime, ImageProvider, RunRegistry } from '../../machines/ports.js';
+import type { AgentIO, AuditSink, BottlePaths, SecretReader, BuildProgress, CapabilityApplier, ContainerRuntime, ImageProvider, RunRegistry } from '../../machines/ports.js';
 import type { StepDeps } from '../../machines/steps.js';
 import { readLockOwner } from '../../store/lock.js';
 import { auditDir, bottleHome, isSegment, lockFile, logsFile, perBottleDockerfile, queueDir, runDir, runsDir } from '../../store/paths.js';
@@ -111,10 +112,31 @@ export class FileAuditSink implements AuditSink {
   }
 }
 
+/** Secret refs read on the host (config/secrets.ts); file refs watched for rotation by polling. */
+export class HostSecretReader implements SecretReader {
+  constructor(private readonly ctx: CliContext) {}
+  read(ref: { file: string } | { env: string }): string {
+    return readSecret(ref, { baseDir: '/', env: this.ctx.env, homeDir: this.ctx.homeDir });
+  }
+  watch(files: string[], onChange: (file: string) => void): () => void {
+    const listeners = files.map((file) => {
+      const listener = (cur: Stats, prev: Stats) => {
+        if (cur.mtimeMs !== prev.mtimeMs || cur.ino !== prev.ino || cur.size !== prev.size) onChange(file);
+      };
+      watchFile(file, { interval: 500, persistent: false }, listener);
+      return () => unwatchFile(file, listener);
+    });
+    return () => {
+      for (const stop of listeners) stop();
+    };
+  }
+}
+
 export function stepDeps(ctx: CliContext, backend: Backend, opts: { io?: AgentIO; progress: BuildProgress }): StepDeps {
   return {
     runtime: backend.runtime,
     audit: new FileAuditSink(ctx.home),
+    secrets: new HostSecretReader(ctx),
     images: backend.images,
     stager: new FsStager(),
     files: new NodeHostFiles(),
