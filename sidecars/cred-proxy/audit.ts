@@ -1,0 +1,59 @@
+/**
+ * One cred-proxy request, written as one JSON line on stdout when its response has ended (so
+ * the byte counts and the duration are known). It never holds a token: `token_fp` is the
+ * fingerprint of the route's token (first 8 hex digits of its sha256), `path` is the request
+ * path without its query (query values are where credentials and personal data hide), and any
+ * secret that might still be in a field is redacted before the line is written.
+ */
+export interface AuditRecord {
+  /** When the request arrived (epoch ms). */
+  at: number;
+  /** `request` for every proxied or refused request. */
+  type: 'request';
+  /** The matching route's path prefix; null when no route matched (404) or the request was refused before routing. */
+  route: string | null;
+  method: string;
+  /** The request path as the agent sent it, without the query. */
+  path: string;
+  /** The status the agent got (0 when the connection ended before any status was sent). */
+  status: number;
+  /** Request body bytes from the agent, and response body bytes to the agent (after redaction). */
+  bytes_up: number;
+  bytes_down: number;
+  /** From arrival to the end of the response. */
+  duration_ms: number;
+  /** Fingerprint of the route's token used for the request; null when no route or no token was (404, refusals, 503). */
+  token_fp: string | null;
+  /** Secrets the upstream echoed back, replaced with [redacted] before the agent saw them. */
+  redacted?: number;
+  /** Something the audit reader must look at: a real token or the placeholder where it must not be. */
+  alarm?: string;
+  /** What went wrong (upstream unreachable, TLS failure, reset, ...). */
+  error?: string;
+  /** The run, when the sidecar was given one (BOTTLE_RUN). */
+  run?: string;
+}
+
+const ORDER = [
+  'at',
+  'type',
+  'route',
+  'method',
+  'path',
+  'status',
+  'bytes_up',
+  'bytes_down',
+  'duration_ms',
+  'token_fp',
+  'redacted',
+  'alarm',
+  'error',
+  'run',
+] as const;
+
+/** The record as one JSON line, its fields always in the same order. */
+export function auditLine(r: AuditRecord): string {
+  const out: Record<string, unknown> = {};
+  for (const k of ORDER) if (r[k] !== undefined) out[k] = r[k];
+  return `${JSON.stringify(out)}\n`;
+}
