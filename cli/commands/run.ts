@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, } from 'node:fs';
 import { join } from 'node:path';
 import { BottleError } from '../../config/errors.js';
 import { NanoIds } from '../../effects/local.js';
-import { MACHINE_VERSION, type BottleInput } from '../../machines/bottle.machine.js';
+import type { BottleInput } from '../../machines/bottle.machine.js';
 import { bottleIdentity } from '../../machines/names.js';
 import type { AgentIO } from '../../machines/ports.js';
 import { createSteps } from '../../machines/steps.js';
@@ -19,7 +19,6 @@ import { info, printJson } from '../output.js';
 import { agentOf, overridesFrom, readManifest, resolveCwd } from './manifest.js';
 
 const ids = new NanoIds();
-const FINAL = new Set(['done', 'failed']);
 
 /** The run a command about BOTTLE means: --run, else the bottle's current one. */
 export function currentRun(ctx: CliContext, identity: string, run?: string): string {
@@ -152,67 +151,61 @@ export async function cmdRun(ctx: CliContext, agent: string, opts: RunOpts): Pro
 }
 
 /**
- * --detach: a background owner process (`bottle __owner`) runs the bottle; this one
- * returns once the agent runs (or the launch failed) and prints the identity.
+ * --detach: this process launches the bottle itself (one Node start on the way to a running
+ * agent, not two) and, once the agent runs, stops owning the run and hands it to a background
+ * owner (`bottle __owner`), which takes it over exactly as `bottle resume` would and
+ * re-attaches the agent. This process records nothing after the hand-over.
  */
 async function detach(ctx: CliContext, input: BottleInput, opts: RunOpts): Promise<number> {
-  const dir = runDir(ctx.home, input.identity, input.runId);
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const inputFile = join(dir, 'input.json');
-  writeFileSync(inputFile, JSON.stringify({ machineVersion: MACHINE_VERSION, input }), { mode: 0o600 });
-  const out = openSync(join(dir, 'owner.log'), 'a', 0o600);
-  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, '__owner', input.identity, input.runId], {
-    detached: true,
-    stdio: ['ignore', out, out],
-    env: ctx.env as NodeJS.ProcessEnv,
+  const deps = await host(ctx, false, true);
+  let reached!: (state: string) => void;
+  const up = new Promise<string>((resolve) => {
+    reached = resolve;
   });
-  child.unref();
-  closeSync(out);
-  const state = await waitForState(ctx, input.identity, input.runId, (s) => s === 'running' || s === 'capabilityReview' || FINAL.has(s));
-  if (state.state === 'failed') {
-    const err = state.error ?? { code: 'INTERNAL', message: 'the bottle failed to start' };
-    throw new BottleError((err.code as 'INTERNAL') ?? 'INTERNAL', err.message, err.hint);
+  const h = RunHost.start(
+    {
+      ...deps,
+      onState: (state) => {
+        if (!opts.json) info(`bottle: ${state}`);
+        if (state === 'running' || state === 'capabilityReview') reached(state);
+      },
+    },
+    input,
+  );
+  const outcome = await Promise.race([up.then((state) => ({ state, result: null })), h.done.then((result) => ({ state: result.state, result }))]);
+  if (outcome.result) {
+    // It ended during the launch: a failure is reported like any other; an agent that already
+    // finished has nothing left to hand over.
+    if (outcome.result.state === 'failed') {
+      const err = outcome.result.error ?? { code: 'INTERNAL', message: 'the bottle failed to start' };
+      throw new BottleError((err.code as 'INTERNAL') ?? 'INTERNAL', err.message, err.hint);
+    }
+  } else {
+    h.detach();
+    const dir = runDir(ctx.home, input.identity, input.runId);
+    const out = openSync(join(dir, 'owner.log'), 'a', 0o600);
+    const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, '__owner', input.identity, input.runId], {
+      detached: true,
+      stdio: ['ignore', out, out],
+      env: ctx.env as NodeJS.ProcessEnv,
+    });
+    child.unref();
+    closeSync(out);
   }
-  if (opts.json) printJson({ identity: input.identity, run: input.runId, state: state.state });
+  if (opts.json) printJson({ identity: input.identity, run: input.runId, state: outcome.state });
   else {
-    info(`bottle: ${input.identity} is ${state.state} (run ${input.runId})`);
+    info(`bottle: ${input.identity} is ${outcome.state} (run ${input.runId})`);
     info(`next: bottle logs ${input.identity} | bottle status ${input.identity} | bottle stop ${input.identity}`);
     process.stdout.write(`${input.identity}\n`);
   }
   return 0;
 }
 
-/** The background owner of a detached run: starts it from input.json with no terminal. */
+/** The background owner of a detached run: takes it over from the launching CLI, with no terminal. */
 export async function cmdOwner(ctx: CliContext, identity: string, runId: string): Promise<number> {
-  const { readFileSync } = await import('node:fs');
-  const { input } = JSON.parse(readFileSync(join(runDir(ctx.home, identity, runId), 'input.json'), 'utf8')) as { input: BottleInput };
-  const h = RunHost.start(await host(ctx, false), input);
+  const h = RunHost.resume(await host(ctx, false), identity, runId);
   process.on('SIGTERM', () => postCommand(commandsDir(ctx.home, identity, runId), { id: ids.commandId(), type: 'stop', reason: 'SIGTERM' }));
   return finishRun(await h.done, false);
-}
-
-async function waitForState(ctx: CliContext, identity: string, runId: string, ok: (s: string) => boolean) {
-  let last = '';
-  for (;;) {
-    const doc = readStateDoc(ctx.home, identity);
-    if (doc && doc.runId === runId) {
-      if (doc.state !== last) {
-        last = doc.state;
-        info(`bottle: ${doc.state}`);
-      }
-      if (ok(doc.state)) return doc;
-    }
-    if (doc?.runId === runId || last !== '') {
-      // The owner died before finishing: say so rather than wait forever.
-      if (!ownerAlive(ctx, identity, runId) && !(doc && ok(doc.state))) {
-        const lock = readLockOwner(lockFile(ctx.home, identity, runId));
-        if (lock === null || !lock.alive) {
-          throw new BottleError('INTERNAL', `the owner of run ${runId} exited before the bottle was up`, `see ${join(runDir(ctx.home, identity, runId), 'owner.log')}, then bottle resume ${identity}`);
-        }
-      }
-    }
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 export async function cmdResume(ctx: CliContext, identity: string, opts: { json?: boolean; run?: string }): Promise<number> {
