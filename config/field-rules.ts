@@ -139,6 +139,18 @@ export function routePathProblem(path: string): string | undefined {
   if (path !== '/' && segments.some((s) => s === '' || s === '.' || s === '..')) {
     return 'must not contain empty, . or .. segments';
   }
+  // The cred-proxy answers its health check there; a route would never be reached.
+  if (routePathKey(path) === '/healthz') return '/healthz is reserved by the cred-proxy';
+  return undefined;
+}
+
+/**
+ * A route token the cred-proxy can inject and redact: printable ASCII without spaces, at least
+ * 8 characters (a shorter "token" would make redaction cut ordinary text).
+ */
+export function routeTokenProblem(token: string): string | undefined {
+  if (token.length < 8) return 'is shorter than 8 characters';
+  if (!/^[\x21-\x7e]+$/.test(token)) return 'must be printable ASCII without spaces';
   return undefined;
 }
 

@@ -7,6 +7,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { BottleError } from './errors.js';
 import { describeFsError, resolveManifestPath } from './files.js';
+import { routeTokenProblem } from './field-rules.js';
 import { formatPath, type Manifest, type ManifestIssue, type SecretRef } from './manifest.js';
 
 /** A CA bundle ref (`{ file }`) is read the same way as a secret. */
@@ -99,7 +100,10 @@ export function checkSecrets(manifest: Manifest, ctx: SecretContext): ManifestIs
   const issues: ManifestIssue[] = [];
   for (const { path, ref } of listSecretRefs(manifest)) {
     try {
-      readSecret(ref, ctx);
+      const value = readSecret(ref, ctx);
+      // Only the shape is reported, never the value.
+      const problem = /\.cred_proxy\.routes\[\d+\]\.token$/.test(path) ? routeTokenProblem(value) : undefined;
+      if (problem) issues.push({ path, message: `the token of ${describeRef(ref)} ${problem}` });
     } catch (err) {
       if (!(err instanceof BottleError)) throw err;
       issues.push({ path, message: err.message });

@@ -166,8 +166,13 @@ describe('loadManifest', () => {
     mkdirSync(join(root, 'home', '.ssh'), { recursive: true });
     writeFileSync(join(root, 'home', '.ssh', 'bottle_ed25519'), 'key\n');
     writeFileSync(join(root, 'home', '.ssh', 'known_hosts'), 'hosts\n');
-    const ok = await loadManifest(file, { env: { ANTHROPIC_API_KEY: 'k' }, homeDir: join(root, 'home'), checkSecrets: true });
+    const ok = await loadManifest(file, { env: { ANTHROPIC_API_KEY: 'sk-test-0123456789' }, homeDir: join(root, 'home'), checkSecrets: true });
     expect(ok.manifest.bottles.web?.supervise).toBe(true);
+
+    // A route token the cred-proxy could not inject or redact is refused by shape, never shown.
+    const short = (await rejection(loadManifest(file, { env: { ANTHROPIC_API_KEY: 'k1' }, homeDir: join(root, 'home'), checkSecrets: true }))) as ManifestInvalidError;
+    expect(short.issues).toEqual([{ path: 'bottles.web.cred_proxy.routes[0].token', message: expect.stringContaining('shorter than 8 characters') }]);
+    expect(short.message).not.toContain('k1');
   });
 
   it('throws MANIFEST_NOT_FOUND for a file that cannot be read', async () => {

@@ -352,3 +352,14 @@ describe('validateManifest: agent commands', () => {
     expectIssue(doc, 'agents.a.command[2]', 'NUL');
   });
 });
+
+describe('validateManifest: reserved route path', () => {
+  it('refuses /healthz, which the cred-proxy answers itself', () => {
+    const doc = {
+      version: 1,
+      bottles: { b: { cred_proxy: { routes: [{ path: '/healthz', upstream: 'https://api.model.test', token: { env: 'T' }, inject: { header: 'x-api-key', format: '{token}' } }] } } },
+      agents: { a: { bottle: 'b' } },
+    };
+    expectIssue(doc, 'bottles.b.cred_proxy.routes[0].path', 'reserved');
+  });
+});
