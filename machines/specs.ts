@@ -68,6 +68,7 @@ export function sidecarSpec(
   sidecar: SidecarPlan,
   configFiles: { hostPath: string; containerPath: string }[],
   gateways: string[] = [],
+  secretHashes: string[] = [],
 ): ContainerSpec {
   const networks = [{ name: plan.networks.internal, aliases: [sidecar.alias] }];
   if (sidecar.upstream) networks.push({ name: plan.networks.egress, aliases: [] });
@@ -83,7 +84,16 @@ export function sidecarSpec(
       BOTTLE_IDENTITY: plan.identity,
       BOTTLE_BOTTLE: plan.bottle,
       BOTTLE_RUN: runId,
-      ...(sidecar.role === 'egress' ? { BOTTLE_EGRESS_ALLOWLIST: EGRESS_ALLOWLIST_PATH, BOTTLE_EGRESS_DENY: gateways.join(',') } : {}),
+      ...(sidecar.role === 'egress'
+        ? {
+            BOTTLE_EGRESS_ALLOWLIST: EGRESS_ALLOWLIST_PATH,
+            BOTTLE_EGRESS_DENY: gateways.join(','),
+            // The canary: the placeholder, and the route tokens only as `<length>:<sha256>`, so the
+            // proxy can block a credential leaving in a request without ever holding one.
+            ...(plan.routes.length > 0 ? { BOTTLE_EGRESS_CANARY: placeholderToken(runId) } : {}),
+            ...(secretHashes.length > 0 ? { BOTTLE_EGRESS_SECRET_HASHES: secretHashes.join(',') } : {}),
+          }
+        : {}),
       ...(sidecar.role === 'cred-proxy' ? { BOTTLE_CRED_ROUTES: CRED_ROUTES_PATH, BOTTLE_CRED_PLACEHOLDER: placeholderToken(runId) } : {}),
     },
     cmd: [`/opt/bot-bottle/sidecars/${sidecarProgram(sidecar.role)}.mjs`],

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { BottleError, toErrorData } from '../config/errors.js';
 import type { CreatedResource, Proposal, ResolveOutput, StepError, StepId } from './bottle.machine.js';
 import type { BottlePlan } from './plan.js';
@@ -163,11 +164,15 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
       await runtime.startContainer(plan.netns.holder, signal);
       await removeDefaultRoute(plan, runId, signal);
     };
+    const secretHashes = plan.routes.map((r) => {
+      const token = deps.secrets.read(r.token);
+      return `${Buffer.byteLength(token)}:${createHash('sha256').update(token).digest('hex')}`;
+    });
     const results = await Promise.allSettled([
       netns(),
       ...plan.sidecars.map(async (s) => {
         const config = s.role === 'egress' ? [{ hostPath: staged.allowlistFile, containerPath: EGRESS_ALLOWLIST_PATH }] : [];
-        await runtime.ensureContainer(sidecarSpec(plan, runId, s, config, input.gateways ?? []), signal);
+        await runtime.ensureContainer(sidecarSpec(plan, runId, s, config, input.gateways ?? [], s.role === 'egress' ? secretHashes : []), signal);
         created.push({ kind: 'container', name: s.name, role: s.role });
         // The real tokens reach the cred-proxy's container through the Docker API, read from
         // their refs now: never a staged host file, an env var or a log record.
