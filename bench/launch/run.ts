@@ -135,12 +135,10 @@ function bottleBreakdown(identity: string, startedAt: number, exitedAt: number):
   const events = lines.map((l) => JSON.parse(l) as EventRecord);
   const started = events.find((e) => e.kind === 'run.started')!.at;
   const running = events.find((e) => e.kind === 'state' && e.value === 'running')!.at;
-  // The owner's start: field 22 of /proc/PID/stat as its lock records it (clock ticks since boot).
-  const lock = JSON.parse(readFileSync(join(home, 'bottles', identity, 'runs', state.runId, 'owner.lock'), 'utf8')) as { startTime: string | null };
-  const ownerStart = lock.startTime === null ? started : BOOT_MS + (Number(lock.startTime) * 1000) / CLK_TCK;
+  // Since 3477e84 the CLI launches the bottle itself and hands the running bottle to a
+  // background owner afterwards, so everything before run.started is the one CLI process.
   const out: Record<string, number> = {
-    'CLI: node, bundle, manifest, image tags, spawn owner': ownerStart - startedAt,
-    'owner: node, bundle, backend, lock (to run.started)': started - ownerStart,
+    'CLI: node, bundle, manifest, image tags, lock (to run.started)': started - startedAt,
   };
   let inSteps = 0;
   for (const step of STEPS) {

@@ -218,17 +218,21 @@ export async function cmdResume(ctx: CliContext, identity: string, opts: { json?
 /** Posts a command to the run's owner; with no live owner this process becomes the owner. */
 async function deliver(ctx: CliContext, identity: string, runId: string, cmd: Parameters<typeof postCommand>[1], opts: { json?: boolean }, until: () => boolean): Promise<number> {
   postCommand(commandsDir(ctx.home, identity, runId), cmd);
-  if (ownerAlive(ctx, identity, runId)) {
-    for (;;) {
-      if (until()) return 0;
-      if (!ownerAlive(ctx, identity, runId)) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
+  for (;;) {
     if (until()) return 0;
+    if (!ownerAlive(ctx, identity, runId)) {
+      try {
+        const h = RunHost.resume(await host(ctx, false, opts.json), identity, runId);
+        info(`bottle: no live owner for run ${runId}; took it over to carry out the command`);
+        return foreground(ctx, h, opts.json);
+      } catch (err) {
+        // Another process became the owner in between (a detached run's owner taking over
+        // from the CLI that launched it): it drains the mailbox, so wait for it instead.
+        if (!(err instanceof BottleError && err.code === 'RUN_LOCKED')) throw err;
+      }
+    }
+    await new Promise((r) => setTimeout(r, 100));
   }
-  info(`bottle: no live owner for run ${runId}; taking it over to carry out the command`);
-  const h = RunHost.resume(await host(ctx, false, opts.json), identity, runId);
-  return foreground(ctx, h, opts.json);
 }
 
 function foldedState(ctx: CliContext, identity: string, runId: string) {
