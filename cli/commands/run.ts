@@ -227,8 +227,9 @@ async function deliver(ctx: CliContext, identity: string, runId: string, cmd: Pa
         return foreground(ctx, h, opts.json);
       } catch (err) {
         // Another process became the owner in between (a detached run's owner taking over
-        // from the CLI that launched it): it drains the mailbox, so wait for it instead.
-        if (!(err instanceof BottleError && err.code === 'RUN_LOCKED')) throw err;
+        // from the CLI that launched it) and drains the mailbox, or the run has just ended:
+        // look again.
+        if (!(err instanceof BottleError && (err.code === 'RUN_LOCKED' || err.code === 'RUN_FINISHED'))) throw err;
       }
     }
     await new Promise((r) => setTimeout(r, 100));
