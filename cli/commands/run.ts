@@ -230,6 +230,10 @@ async function deliver(ctx: CliContext, identity: string, runId: string, cmd: Pa
         // from the CLI that launched it) and drains the mailbox, or the run has just ended:
         // look again.
         if (!(err instanceof BottleError && (err.code === 'RUN_LOCKED' || err.code === 'RUN_FINISHED'))) throw err;
+        if (err.code === 'RUN_FINISHED') {
+          if (until()) return 0;
+          throw err;
+        }
       }
     }
     await new Promise((r) => setTimeout(r, 100));
