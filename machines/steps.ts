@@ -247,7 +247,15 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     const files = plan.routes.flatMap((r) => ('file' in r.token ? [r.token.file] : []));
     if (!proxy || files.length === 0) return () => undefined;
     return deps.secrets.watch(files, (file) => {
-      const all = credProxyFiles(plan, (ref) => deps.secrets.read(ref));
+      let all: ReturnType<typeof credProxyFiles>;
+      try {
+        all = credProxyFiles(plan, (ref) => deps.secrets.read(ref));
+      } catch (err) {
+        // Removed, or caught mid-write: a throw here would end this process (it runs in a file
+        // watcher). The proxy keeps the token it has; the next change tries again.
+        deps.progress(`could not read the rotated token for ${proxy.name}: ${(err as Error).message}`);
+        return;
+      }
       const changed = plan.routes.flatMap((r, i) => ('file' in r.token && r.token.file === file ? [credTokenPath(i)] : []));
       runtime.putFiles(proxy.name, all.filter((f) => changed.includes(f.containerPath)), signal).catch((err: unknown) => {
         // The old token stays in use; the next change tries again. Nothing else to do here.
