@@ -27,6 +27,13 @@ export interface AuditRecord {
   duration_ms: number;
   /** The HTTP status the client got from the proxy (200 for an established tunnel). */
   status?: number;
+  /**
+   * Set when a credential was seen in the request, which was refused (decision `deny`):
+   * `canary` for the placeholder the agent holds, `token` for a real token (see secrets.ts).
+   */
+  alarm?: 'canary' | 'token';
+  /** For a `token` alarm: the first 8 hex digits of the token's sha256 (the cred-proxy audit's token_fp). */
+  token_fp?: string;
   /** The vetted address the proxy dialled. */
   address?: string;
   /** What went wrong after an allow (resolution or connection failure, timeout, reset). */
@@ -45,7 +52,7 @@ export interface AuditLog {
  * on an O_APPEND descriptor, so lines never interleave with another writer's; or to stdout
  * when `file` is undefined. Throws at once when the file cannot be opened.
  */
-const ORDER = ['at', 'client', 'method', 'host', 'port', 'decision', 'rule', 'reason', 'bytes_up', 'bytes_down', 'duration_ms', 'status', 'address', 'error', 'run'] as const;
+const ORDER = ['at', 'client', 'method', 'host', 'port', 'decision', 'rule', 'reason', 'bytes_up', 'bytes_down', 'duration_ms', 'status', 'alarm', 'token_fp', 'address', 'error', 'run'] as const;
 
 /** The record as one JSON line, its fields always in the same order. */
 export function auditLine(r: AuditRecord): string {

@@ -3,6 +3,7 @@ import { openAuditLog } from './audit.js';
 import { watchAllowlistFile } from './allowlist-file.js';
 import { allowlistLines, parseDenyList, parsePort } from './policy.js';
 import { createEgressProxy } from './proxy.js';
+import { parseCanary, parseSecretHashes } from './secrets.js';
 
 /**
  * The egress sidecar: an allowlist forward proxy, the agent's only way out of its bottle.
@@ -16,9 +17,17 @@ import { createEgressProxy } from './proxy.js';
  *   BOTTLE_EGRESS_DENY       comma-separated addresses or CIDR blocks never dialled (the bottle networks' gateways)
  *   BOTTLE_BOTTLE            the bottle's name in the manifest, for the "add it to bottles.<bottle>.egress.allow" hint
  *   BOTTLE_RUN               the run id, stamped on every audit line when set
+ *   BOTTLE_EGRESS_CANARY     the placeholder token the agent holds (optional; 8+ printable ASCII characters)
+ *   BOTTLE_EGRESS_SECRET_HASHES  the real tokens as comma-separated `<length>:<sha256 hex>` (optional;
+ *                            length in bytes, 8..8192), so this sidecar never holds a token but knows one
+ *                            when it sees it
  *
- * Fails closed: an unreadable allowlist at start, an unreadable deny list or audit file, or a
- * bad port exits non-zero; /healthz answers 503 while the allowlist file cannot be read.
+ * A request in which the placeholder or a real token is seen (target, headers, plain-HTTP body;
+ * not a CONNECT tunnel's payload) is refused with 403 and audited with `alarm` (see secrets.ts).
+ *
+ * Fails closed: an unreadable allowlist at start, an unreadable deny list, canary, hash list or
+ * audit file, or a bad port exits non-zero; /healthz answers 503 while the allowlist file cannot
+ * be read. Neither the canary nor a hash entry is ever printed.
  */
 
 const env = process.env;
@@ -36,6 +45,12 @@ const denyList = parseDenyList(env.BOTTLE_EGRESS_DENY ?? '');
 if (denyList.errors.length > 0) {
   die(`BOTTLE_EGRESS_DENY: ${denyList.errors.map((e) => `"${e.entry}": ${e.message}`).join('; ')}`, 2);
 }
+
+const canary = parseCanary(env.BOTTLE_EGRESS_CANARY);
+if (!canary.ok) die(`BOTTLE_EGRESS_CANARY: ${canary.message}`, 2);
+const secretHashes = parseSecretHashes(env.BOTTLE_EGRESS_SECRET_HASHES);
+if (secretHashes.errors.length > 0) die(`BOTTLE_EGRESS_SECRET_HASHES: ${secretHashes.errors.join('; ')}`, 2);
+const secrets = { canary: canary.ok ? canary.value : undefined, hashes: secretHashes.hashes };
 
 let initialText: string;
 try {
@@ -59,6 +74,7 @@ const reportErrors = (errors: readonly { entry: string; message: string }[]) => 
 const proxy = createEgressProxy({
   allowlist: allowlistLines(initialText!),
   deny: denyList.blocks,
+  secrets,
   ...(bottle !== undefined ? { bottle } : {}),
   audit: (record) => audit.write(record),
   log: (message) => process.stderr.write(`${message}\n`),
@@ -94,6 +110,8 @@ const watcher = watchAllowlistFile(
 proxy.on('error', (err) => die(`cannot listen on port ${port}: ${err.message}`));
 proxy.listen(port, () => {
   process.stderr.write(`egress: listening on ${port}, ${proxy.policy.rules.length} allowlist entries from ${allowlistPath}\n`);
+  const watched = [secrets.canary !== undefined ? 'the placeholder' : '', secrets.hashes.length > 0 ? `${secrets.hashes.length} token hash(es)` : ''].filter((w) => w !== '');
+  process.stderr.write(`egress: canary: ${watched.length > 0 ? watched.join(' and ') : 'nothing to look for'}\n`);
   process.stdout.write('ready\n');
 });
 

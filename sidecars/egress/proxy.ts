@@ -14,10 +14,12 @@ import {
   suggestedEntry,
   type Target,
 } from './policy.js';
+import { createSecretScanner, type Detection, type SecretsConfig } from './secrets.js';
 
 export type { AuditLog, AuditRecord } from './audit.js';
 export { openAuditLog } from './audit.js';
 export { readAllowlistFile, watchAllowlistFile } from './allowlist-file.js';
+export type { Detection, SecretHash, SecretsConfig } from './secrets.js';
 
 /**
  * The egress proxy: the agent's only route out of its bottle.
@@ -30,6 +32,15 @@ export { readAllowlistFile, watchAllowlistFile } from './allowlist-file.js';
  *   is forbidden (loopback, link-local, ... see policy.forbiddenAddress) and connects to the
  *   vetted address, never re-resolving (no DNS-rebinding window).
  * - A refusal is a 403 whose text names the host:port and the manifest key that would allow it.
+ * - The canary (secrets.ts): a request in which the placeholder token or a real token is seen
+ *   is refused with a 403 that never quotes it, and its audit line carries `alarm`. Checked
+ *   first, before the allowlist: the request target and every header of plain requests and
+ *   CONNECT requests, then a plain request's body as it streams. Body bytes go to the upstream
+ *   only once checked, and the end of each chunk that could be the start of a credential is
+ *   held back until the next chunk shows it is not; a detection aborts the upstream request,
+ *   so the upstream never receives a byte of the credential (and nothing at all when it is in
+ *   the target, the headers, or a body that arrives before the upstream connection is up).
+ *   A CONNECT tunnel's payload is opaque (TLS) and is not read.
  */
 
 export interface Health {
@@ -66,6 +77,8 @@ export interface EgressProxyOptions {
   maxHeaderSize?: number;
   /** Clock for audit records; default Date.now. */
   now?: () => number;
+  /** The canary: the placeholder and the real tokens' length:sha256 (see secrets.ts); default nothing to look for. */
+  secrets?: SecretsConfig;
 }
 
 export interface EgressProxy extends http.Server {
@@ -158,6 +171,24 @@ async function dial(addresses: readonly string[], port: number, timeoutMs: numbe
 
 const TEXT = 'text/plain; charset=utf-8';
 
+/** With token hashes, a plain request's body is checked this many bytes at a time, the event loop free in between. */
+const SCAN_SLICE = 8 * 1024;
+/** Checked body bytes kept while the upstream connection is being made; past this the client is paused. */
+const PENDING_LIMIT = 64 * 1024;
+
+/** The audit fields, reason and refusal text for a credential seen in a request. */
+function credentialFound(d: Detection, where: string, method: string, target: string) {
+  const what = d.alarm === 'canary' ? "the bottle's placeholder token" : 'a real API token';
+  return {
+    extra: { alarm: d.alarm, ...(d.fingerprint !== undefined ? { token_fp: d.fingerprint } : {}) } satisfies Partial<AuditRecord>,
+    reason: `credential found in ${where} (${d.alarm === 'canary' ? 'the placeholder token' : 'a real token'}); request blocked`,
+    log: `egress: ALARM (${d.alarm}): a credential was found in ${where} of ${method} ${target}; the request was blocked`,
+    text:
+      `egress: refused ${method} ${target}: a credential (${what}) was found in ${where} and was blocked; it was not sent.\n` +
+      'Credentials reach their APIs only through the cred-proxy, which adds them itself.\n',
+  };
+}
+
 /** A complete response written straight to a socket (CONNECT refusals, client errors). */
 function rawResponse(socket: Duplex, status: number, text: string, extra: Record<string, string> = {}): void {
   if (!socket.writable) {
@@ -204,6 +235,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
   const idleTimeout = opts.idleTimeoutMs ?? 600_000;
   const connectTimeout = opts.connectTimeoutMs ?? 10_000;
   let policy = createPolicy(opts.allowlist ?? []);
+  const secrets = createSecretScanner(opts.secrets);
 
   const server = http.createServer({
     maxHeaderSize: opts.maxHeaderSize ?? 16 * 1024,
@@ -242,6 +274,9 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     return { ok: true, addresses };
   }
 
+  /** The target, to name in a refusal and its audit line; null when the credential is in the host name itself. */
+  const shownTarget = (target: Target): Target | null => (secrets.scan(target.host) ? null : target);
+
   const clientOf = (socket: net.Socket | Duplex) => {
     const s = socket as net.Socket;
     if (s.remoteAddress === undefined) return 'unknown';
@@ -258,11 +293,24 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     const base = { at, client: clientOf(req.socket), method };
     const finish = (rec: Partial<AuditRecord> & Pick<AuditRecord, 'decision' | 'reason'>) =>
       audit({ ...base, host: null, port: null, rule: null, bytes_up: 0, bytes_down: 0, duration_ms: now() - at, ...rec });
-    const refuse = (status: number, text: string, target: Target | null, reason: string, rule?: string) => {
-      finish({ decision: 'deny', reason, status, host: target?.host ?? null, port: target?.port ?? null, rule: rule ?? null });
+    const refuse = (status: number, text: string, target: Target | null, reason: string, rule?: string, extra: Partial<AuditRecord> = {}) => {
+      finish({ decision: 'deny', reason, status, host: target?.host ?? null, port: target?.port ?? null, rule: rule ?? null, ...extra });
       res.writeHead(status, { 'content-type': TEXT, 'content-length': Buffer.byteLength(text), connection: 'close' });
       res.end(text);
     };
+
+    // The canary, before anything else: a credential in the target or a header goes nowhere
+    // (not even to the resolver, as a name under a wildcard entry would).
+    const inHead = secrets.scanHead(url, req.rawHeaders);
+    if (inHead) {
+      const m = /^http:\/\/([^/?#@]*)(?:[/?#]|$)/i.exec(url);
+      const parsedTarget = m ? parseAuthority(m[1]!, 80) : undefined;
+      const target = parsedTarget?.ok ? shownTarget(parsedTarget.value) : null;
+      const found = credentialFound(inHead, inHead.where, method, target ? formatTarget(target) : 'the request');
+      log(found.log);
+      refuse(403, found.text, target, found.reason, undefined, found.extra);
+      return;
+    }
 
     if (url.startsWith('/')) {
       if (url === '/healthz' && (method === 'GET' || method === 'HEAD') && opts.health) {
@@ -341,25 +389,31 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     let error: string | undefined;
     let done = false;
     let upstreamSocket: net.Socket | undefined;
+    let upstream: http.ClientRequest | undefined;
+    /** A credential seen in the body: the request is refused and the upstream request aborted. */
+    let alarm: ReturnType<typeof credentialFound> | undefined;
     const end = () => {
       if (done) return;
       done = true;
       upstreamSocket?.destroy();
+      req.resume(); // whatever is left of the body is read and dropped
       finish({
-        decision: 'allow',
+        decision: alarm ? 'deny' : 'allow',
         rule: decision.rule,
-        reason: decision.reason,
+        reason: alarm ? alarm.reason : decision.reason,
         host: target.host,
         port: target.port,
         bytes_up: bytesUp,
         bytes_down: bytesDown,
         status,
+        ...(alarm ? alarm.extra : {}),
         ...(address !== undefined ? { address } : {}),
         ...(error !== undefined ? { error } : {}),
       });
     };
     res.on('close', end);
     const failWith = (code: number, message: string) => {
+      if (alarm) return; // the refusal is already under way; this is the aborted upstream
       error ??= message;
       if (!res.headersSent) {
         status = code;
@@ -371,9 +425,104 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       }
     };
 
+    // ---- the body: checked before it is forwarded --------------------------------------
+    // Read from now on (while the name is resolved and the upstream dialled), a slice at a
+    // time; what passed the check waits in `pending` until the upstream request exists, up to
+    // PENDING_LIMIT, and then goes out with the client paused whenever the upstream pushes back.
+    const scan = secrets.body();
+    const input: Buffer[] = [];
+    let inputEnded = false;
+    let bodyDone = false;
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    let outputBlocked = false;
+    let yielding = false;
+    const onDrain = () => {
+      outputBlocked = false;
+      drive();
+    };
+    const emit = (b: Buffer) => {
+      if (b.length === 0) return;
+      if (upstream === undefined) {
+        pending.push(b);
+        pendingBytes += b.length;
+        if (pendingBytes >= PENDING_LIMIT) outputBlocked = true;
+        return;
+      }
+      bytesUp += b.length;
+      if (!upstream.write(b) && !outputBlocked) {
+        outputBlocked = true;
+        upstream.once('drain', onDrain);
+      }
+    };
+    const blockBody = (found: ReturnType<typeof credentialFound>) => {
+      alarm = found;
+      input.length = 0;
+      pending = [];
+      // Nothing more reaches the upstream: the request is aborted mid-body (or never made).
+      upstream?.destroy();
+      upstreamSocket?.destroy();
+      log(found.log);
+      if (!res.headersSent) {
+        status = 403;
+        res.writeHead(403, { 'content-type': TEXT, 'content-length': Buffer.byteLength(found.text), connection: 'close' });
+        res.end(found.text);
+      } else {
+        error ??= 'cut off: a credential was found in the request body';
+        res.destroy();
+      }
+      req.resume(); // the rest of the body is read and dropped, so the client sees the answer
+    };
+    const drive = () => {
+      if (alarm || bodyDone || yielding || done) return;
+      let budget = secrets.hashing ? SCAN_SLICE : Number.POSITIVE_INFINITY;
+      while (input.length > 0 && !outputBlocked) {
+        if (budget === 0) {
+          // A long body is checked in slices, other connections served in between.
+          yielding = true;
+          setImmediate(() => {
+            yielding = false;
+            drive();
+          });
+          break;
+        }
+        const head = input[0]!;
+        const piece = head.length <= budget ? head : head.subarray(0, budget);
+        if (piece === head) input.shift();
+        else input[0] = head.subarray(budget);
+        budget -= piece.length;
+        const r = scan.push(piece);
+        if (r.detection) {
+          blockBody(credentialFound(r.detection, 'the request body', method, where));
+          return;
+        }
+        emit(r.forward);
+      }
+      if (input.length > 0 || outputBlocked) {
+        req.pause();
+        return;
+      }
+      if (inputEnded) {
+        emit(scan.end());
+        bodyDone = true;
+        upstream?.end();
+        return;
+      }
+      req.resume();
+    };
+    req.on('data', (chunk: Buffer) => {
+      if (alarm || done) return;
+      input.push(chunk);
+      drive();
+    });
+    req.on('end', () => {
+      inputEnded = true;
+      drive();
+    });
+
     void (async () => {
       const vetted = await vet(target);
-      if (res.destroyed || done) return;
+      if (alarm || res.destroyed || done) return;
       if (!vetted.ok) {
         if (vetted.forbidden) {
           // An address refusal is a denial, reported at once like any other.
@@ -396,7 +545,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       }
       address = dialled.address;
       upstreamSocket = dialled.socket;
-      if (res.destroyed || done) {
+      if (alarm || res.destroyed || done) {
         dialled.socket.destroy();
         return;
       }
@@ -406,15 +555,15 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       });
       const headers = endToEndHeaders(req.headers, ['host']);
       headers.host = hostHeader ?? authority;
-      const upstream = http.request({
+      const request = http.request({
         method,
         path: (m[2] ?? '/').startsWith('?') ? `/${m[2]}` : (m[2] ?? '/'),
         headers,
         setHost: false,
         createConnection: () => dialled.socket,
       });
-      upstream.on('error', (err: NodeJS.ErrnoException) => failWith(502, `upstream error: ${err.code ?? err.message}`));
-      upstream.on('response', (ures) => {
+      request.on('error', (err: NodeJS.ErrnoException) => failWith(502, `upstream error: ${err.code ?? err.message}`));
+      request.on('response', (ures) => {
         status = ures.statusCode ?? 502;
         res.writeHead(status, ures.statusMessage, endToEndHeaders(ures.headers));
         ures.on('data', (chunk: Buffer) => {
@@ -423,11 +572,16 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
         ures.on('error', () => res.destroy());
         ures.pipe(res);
       });
+      // What was checked while dialling goes out first, then the body carries on (or ends).
+      upstream = request;
+      const checked = pending;
+      pending = [];
+      pendingBytes = 0;
+      outputBlocked = false;
+      for (const b of checked) emit(b);
+      if (bodyDone) request.end();
       if (expectsContinue) res.writeContinue();
-      req.on('data', (chunk: Buffer) => {
-        bytesUp += chunk.length;
-      });
-      req.pipe(upstream);
+      drive();
     })().catch((err: Error) => {
       log(`egress: internal error on ${method} ${where}: ${err.stack ?? err.message}`);
       failWith(500, 'internal error');
@@ -438,7 +592,10 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
   server.on('checkContinue', (req, res) => onRequest(req, res, true));
 
   server.on('upgrade', (req: http.IncomingMessage, socket: Duplex) => {
-    const reason = 'Upgrade is not proxied as plain HTTP';
+    const inHead = secrets.scanHead(req.url ?? '', req.rawHeaders);
+    const found = inHead ? credentialFound(inHead, inHead.where, req.method ?? 'GET', 'the request') : undefined;
+    const reason = found ? found.reason : 'Upgrade is not proxied as plain HTTP';
+    if (found) log(found.log);
     audit({
       at: now(),
       client: clientOf(socket),
@@ -451,9 +608,11 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       bytes_up: 0,
       bytes_down: 0,
       duration_ms: 0,
-      status: 400,
+      status: found ? 403 : 400,
+      ...(found ? found.extra : {}),
     });
-    rawResponse(socket, 400, `egress: ${reason}; use CONNECT (wss://, https://).\n`);
+    if (found) rawResponse(socket, 403, found.text);
+    else rawResponse(socket, 400, `egress: ${reason}; use CONNECT (wss://, https://).\n`);
   });
 
   // ---- CONNECT tunnels ---------------------------------------------------------------
@@ -465,11 +624,20 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     const at = now();
     const base = { at, client: clientOf(client), method: 'CONNECT' };
     const url = req.url ?? '';
-    const refuse = (status: number, text: string, reason: string, target: Target | null, rule: string | null = null) => {
-      audit({ ...base, host: target?.host ?? null, port: target?.port ?? null, decision: 'deny', rule, reason, bytes_up: 0, bytes_down: 0, duration_ms: now() - at, status });
+    const refuse = (status: number, text: string, reason: string, target: Target | null, rule: string | null = null, extra: Partial<AuditRecord> = {}) => {
+      audit({ ...base, host: target?.host ?? null, port: target?.port ?? null, decision: 'deny', rule, reason, bytes_up: 0, bytes_down: 0, duration_ms: now() - at, status, ...extra });
       rawResponse(client, status, text);
     };
     const parsed = parseAuthority(url);
+    // The canary: the CONNECT request line and headers are read; the tunnel's payload is not (TLS).
+    const inHead = secrets.scanHead(url, req.rawHeaders);
+    if (inHead) {
+      const target = parsed.ok ? shownTarget(parsed.value) : null;
+      const found = credentialFound(inHead, inHead.where, 'CONNECT', target ? formatTarget(target) : 'the request');
+      log(found.log);
+      refuse(403, found.text, found.reason, target, null, found.extra);
+      return;
+    }
     if (!parsed.ok) {
       refuse(400, `egress: bad CONNECT target "${url}": ${parsed.message}.\n`, `bad target: ${parsed.message}`, null);
       return;

@@ -73,6 +73,43 @@ export async function startHttpUpstream(handler?: (req: http.IncomingMessage, re
   };
 }
 
+/**
+ * A TCP server on loopback that records every byte it receives and never answers: for checking
+ * what reached an upstream (to the byte) when the proxy is expected to cut a request off.
+ */
+export async function startRecordingUpstream() {
+  const sockets = new Set<net.Socket>();
+  const received: Buffer[] = [];
+  let connections = 0;
+  let closed = 0;
+  const server = net.createServer((s) => {
+    connections += 1;
+    sockets.add(s);
+    s.on('data', (c: Buffer) => received.push(c));
+    s.on('error', () => undefined);
+    s.on('close', () => {
+      closed += 1;
+      sockets.delete(s);
+    });
+  });
+  const port = await listen(server);
+  closeLater(server, sockets);
+  return {
+    port,
+    /** Everything received, all connections together, as latin1 text. */
+    get text() {
+      return Buffer.concat(received).toString('latin1');
+    },
+    get connections() {
+      return connections;
+    },
+    /** Connections that have ended (the proxy aborted them, or they were never used). */
+    get closed() {
+      return closed;
+    },
+  };
+}
+
 /** A TCP echo server on loopback that counts connections. */
 export async function startEchoServer() {
   const sockets = new Set<net.Socket>();

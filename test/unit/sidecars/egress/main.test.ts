@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -77,6 +78,55 @@ describe('egress main', () => {
     expect(bad.out.stderr).toContain('BOTTLE_EGRESS_DENY');
     const port = run({ BOTTLE_SIDECAR_PORT: 'egress', BOTTLE_EGRESS_ALLOWLIST: file });
     expect(await port.exited).toBe(2);
+  });
+
+  it('refuses to start with a placeholder or a hash list it cannot read, never printing either', async () => {
+    const file = join(tempDir(), 'allowlist');
+    writeFileSync(file, 'allowed.test\n');
+    const short = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: file, BOTTLE_EGRESS_CANARY: 'shhh' });
+    expect(await short.exited).toBe(2);
+    expect(short.out.stderr).toContain('BOTTLE_EGRESS_CANARY');
+    expect(short.out.stderr).not.toContain('shhh');
+    const token = 'sk-test-a-real-token-pasted-by-mistake';
+    const bad = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: file, BOTTLE_EGRESS_SECRET_HASHES: `${token}` });
+    expect(await bad.exited).toBe(2);
+    expect(bad.out.stderr).toContain('BOTTLE_EGRESS_SECRET_HASHES: entry 1 is not <length>:<sha256 hex>');
+    expect(bad.out.stderr).not.toContain(token);
+  });
+
+  it('takes the placeholder and the token hashes from its env: a request carrying either is refused with the alarm', async () => {
+    const d = tempDir();
+    const file = join(d, 'allowlist');
+    const auditFile = join(d, 'egress.jsonl');
+    writeFileSync(file, 'allowed.test\n');
+    const canary = 'bottle-placeholder-r1';
+    const token = 'sk-test-0123456789abcdefghij';
+    const port = await freePort();
+    const { out } = run({
+      BOTTLE_SIDECAR_PORT: String(port),
+      BOTTLE_EGRESS_ALLOWLIST: file,
+      BOTTLE_EGRESS_AUDIT: auditFile,
+      BOTTLE_EGRESS_CANARY: canary,
+      BOTTLE_EGRESS_SECRET_HASHES: `${token.length}:${createHash('sha256').update(token).digest('hex')}`,
+    });
+    await until(() => out.stdout.includes('ready'), 'ready', 20_000);
+    expect(out.stderr).toContain('egress: canary: the placeholder and 1 token hash(es)');
+    // Denied hosts both (nothing is resolved or dialled): the canary is checked first.
+    const a = await get(port, `GET http://denied.test/?k=${canary} HTTP/1.1\r\nHost: denied.test\r\nConnection: close\r\n\r\n`);
+    expect(a).toMatch(/^HTTP\/1\.1 403 [\s\S]*a credential/);
+    const b = await get(port, `GET http://denied.test/ HTTP/1.1\r\nHost: denied.test\r\nX-Api-Key: ${token}\r\nConnection: close\r\n\r\n`);
+    expect(b).toMatch(/^HTTP\/1\.1 403 [\s\S]*X-Api-Key header/);
+    await until(() => readFileSync(auditFile, 'utf8').split('\n').length === 3, 'two audit lines');
+    const lines = readFileSync(auditFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.map((l) => [l.decision, l.alarm])).toEqual([
+      ['deny', 'canary'],
+      ['deny', 'token'],
+    ]);
+    for (const text of [a, b, out.stderr, out.stdout, readFileSync(auditFile, 'utf8')]) {
+      expect(text).not.toContain(canary);
+      expect(text).not.toContain(token);
+    }
+    expect(out.stderr).toContain('ALARM (token)');
   });
 
   it('says ready, answers /healthz, denies with the bottle name, audits to the file, and fails its health check when the allowlist goes away', async () => {
