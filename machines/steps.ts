@@ -28,6 +28,7 @@ import {
   labelsFor,
   netFixerSpec,
   netnsHolderSpec,
+  SIDECAR_UID,
   sidecarSpec,
 } from './specs.js';
 
@@ -246,21 +247,28 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     const proxy = plan.sidecars.find((s) => s.role === 'cred-proxy');
     const files = plan.routes.flatMap((r) => ('file' in r.token ? [r.token.file] : []));
     if (!proxy || files.length === 0) return () => undefined;
-    return deps.secrets.watch(files, (file) => {
-      let all: ReturnType<typeof credProxyFiles>;
+    const own = { mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID };
+    // Only the changed file is read, so one unreadable ref never holds back another's rotation.
+    const rotate = async (file: string) => {
+      const paths = plan.routes.flatMap((r, i) => ('file' in r.token && r.token.file === file ? [credTokenPath(i)] : []));
+      let content: string;
       try {
-        all = credProxyFiles(plan, (ref) => deps.secrets.read(ref));
+        content = deps.secrets.read({ file });
       } catch (err) {
-        // Removed, or caught mid-write: a throw here would end this process (it runs in a file
-        // watcher). The proxy keeps the token it has; the next change tries again.
-        deps.progress(`could not read the rotated token for ${proxy.name}: ${(err as Error).message}`);
-        return;
+        // Caught mid-write: the next change brings the new token. Removed on the host: the
+        // token is revoked in the proxy too (an empty token file makes its route answer 503).
+        if (await deps.files.exists(file)) {
+          deps.progress(`could not read the rotated token ${file} yet: ${(err as Error).message}`);
+          return;
+        }
+        deps.progress(`token file ${file} was removed on the host: its route is revoked until it returns`);
+        content = '';
       }
-      const changed = plan.routes.flatMap((r, i) => ('file' in r.token && r.token.file === file ? [credTokenPath(i)] : []));
-      runtime.putFiles(proxy.name, all.filter((f) => changed.includes(f.containerPath)), signal).catch((err: unknown) => {
-        // The old token stays in use; the next change tries again. Nothing else to do here.
-        deps.progress(`could not hand the rotated token to ${proxy.name}: ${(err as Error).message}`);
-      });
+      await runtime.putFiles(proxy.name, paths.map((containerPath) => ({ containerPath, content, ...own })), signal);
+    };
+    // It runs in a file watcher: nothing may be thrown out of it (that would end this process).
+    return deps.secrets.watch(files, (file) => {
+      rotate(file).catch((err: unknown) => deps.progress(`could not hand the rotated token to ${proxy.name}: ${(err as Error).message}`));
     });
   }
 

@@ -38,6 +38,12 @@ export interface RunLock {
   readonly takeover: boolean;
   /** Removes the lock if it is still ours; safe to call twice. */
   release(): void;
+  /**
+   * Makes another live process of this host the owner, with no moment where the run has
+   * none: the lock is rewritten (temp + rename) to name `pid`, which then adopts it when it
+   * acquires. Afterwards release() does nothing.
+   */
+  handOver(pid: number): void;
 }
 
 export interface LockClaimant {
@@ -173,6 +179,10 @@ export function acquireRunLock(file: string, claimant: LockClaimant): RunLock {
       if (linkExclusive(mine, file)) return heldLock(file, owner, false);
       const current = readOwnerFile(file);
       if (current === null) continue;
+      // Handed over to this very process (same pid, same start): it is ours already.
+      if (current.pid === owner.pid && current.host === owner.host && current.startTime !== null && current.startTime === owner.startTime) {
+        return heldLock(file, current, false);
+      }
       if (isAlive(current, claimant.host)) throw locked(file, current);
       if (takeOver(file, current, mine, claimant.host)) return heldLock(file, owner, true);
     }
@@ -189,6 +199,15 @@ function heldLock(file: string, owner: LockOwner, takeover: boolean): RunLock {
     release() {
       // Only ours: after a takeover (we were wrongly judged dead) the file is someone else's.
       if (readOwnerFile(file)?.token === owner.token) unlinkIfPresent(file);
+    },
+    handOver(pid: number) {
+      if (readOwnerFile(file)?.token !== owner.token) {
+        throw new BottleError('RUN_LOCKED', `cannot hand over ${file}: this process no longer owns it`);
+      }
+      const next: LockOwner = { pid, host: owner.host, startTime: procStat(pid)?.startTime ?? null, acquiredAt: Date.now(), token: randomBytes(12).toString('base64url') };
+      const tmp = `${file}.${next.token}.tmp`;
+      writeNewFileSync(tmp, JSON.stringify(next));
+      renameSync(tmp, file);
     },
   };
 }

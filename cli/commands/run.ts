@@ -181,7 +181,6 @@ async function detach(ctx: CliContext, input: BottleInput, opts: RunOpts): Promi
       throw new BottleError((err.code as 'INTERNAL') ?? 'INTERNAL', err.message, err.hint);
     }
   } else {
-    h.detach();
     const dir = runDir(ctx.home, input.identity, input.runId);
     const out = openSync(join(dir, 'owner.log'), 'a', 0o600);
     const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, '__owner', input.identity, input.runId], {
@@ -191,6 +190,9 @@ async function detach(ctx: CliContext, input: BottleInput, opts: RunOpts): Promi
     });
     child.unref();
     closeSync(out);
+    if (child.pid === undefined) throw new BottleError('INTERNAL', 'could not start the background owner', `bottle resume ${input.identity}`);
+    // The lock names the background owner from now on: the run is never without a live owner.
+    h.handOver(child.pid);
   }
   if (opts.json) printJson({ identity: input.identity, run: input.runId, state: outcome.state });
   else {
@@ -203,7 +205,18 @@ async function detach(ctx: CliContext, input: BottleInput, opts: RunOpts): Promi
 
 /** The background owner of a detached run: takes it over from the launching CLI, with no terminal. */
 export async function cmdOwner(ctx: CliContext, identity: string, runId: string): Promise<number> {
-  const h = RunHost.resume(await host(ctx, false), identity, runId);
+  const deps = await host(ctx, false);
+  // The launching CLI names this process in the lock right after starting it; until then the
+  // lock is still the CLI's.
+  let h: RunHost | undefined;
+  for (let tries = 0; !h; tries++) {
+    try {
+      h = RunHost.resume(deps, identity, runId);
+    } catch (err) {
+      if (!(err instanceof BottleError && err.code === 'RUN_LOCKED') || tries >= 100) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
   process.on('SIGTERM', () => postCommand(commandsDir(ctx.home, identity, runId), { id: ids.commandId(), type: 'stop', reason: 'SIGTERM' }));
   return finishRun(await h.done, false);
 }

@@ -15,7 +15,7 @@ import {
 import type { Clock } from '../../machines/ports.js';
 import type { StepFn } from '../../machines/steps.js';
 import { EventLog } from '../../store/event-log.js';
-import { acquireRunLock } from '../../store/lock.js';
+import { acquireRunLock, type RunLock } from '../../store/lock.js';
 import { ackCommand, pendingCommands, quarantineCommand, watchMailbox } from '../../store/mailbox.js';
 import { commandsDir, eventsFile, lockFile, runDir } from '../../store/paths.js';
 import type { LogRecord, NewRecord } from '../../store/records.js';
@@ -83,7 +83,7 @@ export class RunHost {
     private readonly deps: HostDeps,
     private readonly input: BottleInput,
     log: EventLog,
-    private readonly releaseLock: () => void,
+    private readonly lock: RunLock,
     eventCount: number,
   ) {
     this.identity = input.identity;
@@ -105,7 +105,7 @@ export class RunHost {
     const log = EventLog.open(eventsFile(deps.home, input.identity, input.runId), { clock: deps.clock });
     log.append({ kind: 'run.started', runId: input.runId, identity: input.identity, machineVersion: MACHINE_VERSION, input });
     log.append({ kind: 'owner', pid: deps.pid ?? process.pid, host: hostname(), takeover: false });
-    const host = new RunHost(deps, input, log, () => lock.release(), 0);
+    const host = new RunHost(deps, input, log, lock, 0);
     host.launch(undefined);
     return host;
   }
@@ -127,7 +127,7 @@ export class RunHost {
         throw new BottleError('RUN_FINISHED', `run ${runId} of bottle '${identity}' has already ended (${stateName(folded.snapshot.value)})`, `see it with 'bottle status ${identity}' or 'bottle audit ${identity}'`);
       }
       log.append({ kind: 'owner', pid: deps.pid ?? process.pid, host: hostname(), takeover: true });
-      const host = new RunHost(deps, folded.input, log, () => lock.release(), folded.eventCount);
+      const host = new RunHost(deps, folded.input, log, lock, folded.eventCount);
       host.launch(bottleMachine.getPersistedSnapshot(folded.snapshot));
       return host;
     } catch (err) {
@@ -301,7 +301,7 @@ export class RunHost {
     this.stopWatch?.();
     this.stopWatch = null;
     const snap = this.actor?.getSnapshot() as Snapshot | undefined;
-    this.releaseLock();
+    this.lock.release();
     if (err || !snap) {
       this.rejectDone(err ?? new BottleError('INTERNAL', 'the bottle machine stopped without a snapshot'));
       return;
@@ -320,6 +320,14 @@ export class RunHost {
     this.closed = true;
     this.stopWatch?.();
     this.actor?.stop();
-    this.releaseLock();
+    this.lock.release();
+  }
+
+  /** Stops driving the run here and makes process `pid` its owner (a detached run's background owner). */
+  handOver(pid: number) {
+    this.closed = true;
+    this.stopWatch?.();
+    this.lock.handOver(pid);
+    this.actor?.stop();
   }
 }

@@ -592,6 +592,7 @@ describe('rotating a token file on the host while the bottle runs', () => {
   let stopped: CliResult;
   let homeHits: string[] = [];
   let audit: CredAuditLine[] = [];
+  let statusWhileRemoved: number | undefined;
   let ownerWhileRemoved: boolean | undefined;
 
   beforeAll(async () => {
@@ -655,6 +656,10 @@ describe('rotating a token file on the host while the bottle runs', () => {
     rmSync(tokenFile);
     await delay(2000);
     ownerWhileRemoved = json<{ owner_alive: boolean }>(await cli(b, ['status', identity, '--json'])).owner_alive;
+    const [revoked] = await agentProbe<AgentReply[]>(agent, REQUESTS_PROBE, [
+      JSON.stringify([{ key: 'revoked', method: 'POST', path: '{base}/v1/messages', headers: { 'x-probe': 'revoked' }, body: '{}' }]),
+    ]);
+    statusWhileRemoved = revoked?.status;
     await rotate(versions[3]!);
     after = await containerState(proxy);
     proxyStderr = await containerStderr(proxy);
@@ -690,6 +695,10 @@ describe('rotating a token file on the host while the bottle runs', () => {
     expect(ownerWhileRemoved).toBe(true);
   });
 
+  it('a token file removed on the host revokes the route (503) until a token returns', () => {
+    expect(statusWhileRemoved).toBe(503);
+  });
+
   it('the cred-proxy container was not restarted (same id and StartedAt) and logged each reload by fingerprint', () => {
     expect(after.running).toBe(true);
     expect(after.id).toBe(before.id);
@@ -701,8 +710,12 @@ describe('rotating a token file on the host while the bottle runs', () => {
 
   it('the audit names each token by its fingerprint, and no token is under BOTTLE_HOME', async () => {
     expect(stopped.code, show(stopped)).toBe(0);
-    expect(audit).toHaveLength(received.length);
-    expect(audit.map((l) => l.token_fp)).toEqual(received.map((r) => fingerprint(r.token)));
+    // Forwarded requests carry their token's fingerprint; the refused ones (the route revoked
+    // while its file was gone) are audited too, with no token.
+    const forwarded = audit.filter((l) => l.status === 200);
+    expect(forwarded).toHaveLength(received.length);
+    expect(forwarded.map((l) => l.token_fp)).toEqual(received.map((r) => fingerprint(r.token)));
+    expect(audit.filter((l) => l.status !== 200).every((l) => l.status === 503)).toBe(true);
     expect(homeHits).toEqual([]);
     expect(await leftovers(identity)).toEqual([]);
   });

@@ -106,7 +106,9 @@ describe('DockerodeRuntime lifecycle', () => {
     const vol = uniqueName('vol');
     const first = await rt.ensureNetwork({ name: net, internal: true, labels });
     expect(first.created).toBe(true);
-    expect(await rt.ensureNetwork({ name: net, internal: true, labels })).toEqual({ id: first.id, created: false });
+    // The gateway comes back too, the same on adoption (sidecars must never dial it).
+    expect(first.gateway).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+    expect(await rt.ensureNetwork({ name: net, internal: true, labels })).toEqual({ id: first.id, created: false, gateway: first.gateway });
     expect(await rt.ensureVolume({ name: vol, labels })).toEqual({ created: true });
     expect(await rt.ensureVolume({ name: vol, labels })).toEqual({ created: false });
 
