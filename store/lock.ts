@@ -29,6 +29,8 @@ const LockOwnerSchema = z.object({
   startTime: z.string().nullable(),
   acquiredAt: z.number(),
   token: z.string(),
+  /** Written by handOver(): the named process adopts this lock when it acquires. */
+  handedOver: z.boolean().optional(),
 });
 export type LockOwner = z.infer<typeof LockOwnerSchema>;
 
@@ -179,8 +181,9 @@ export function acquireRunLock(file: string, claimant: LockClaimant): RunLock {
       if (linkExclusive(mine, file)) return heldLock(file, owner, false);
       const current = readOwnerFile(file);
       if (current === null) continue;
-      // Handed over to this very process (same pid, same start): it is ours already.
-      if (current.pid === owner.pid && current.host === owner.host && current.startTime !== null && current.startTime === owner.startTime) {
+      // Handed over to this very process (same pid, same start): it is ours already. Only a
+      // handed-over lock is adopted; a second acquire by the owner itself is still refused.
+      if (current.handedOver === true && current.pid === owner.pid && current.host === owner.host && current.startTime !== null && current.startTime === owner.startTime) {
         return heldLock(file, current, false);
       }
       if (isAlive(current, claimant.host)) throw locked(file, current);
@@ -204,7 +207,14 @@ function heldLock(file: string, owner: LockOwner, takeover: boolean): RunLock {
       if (readOwnerFile(file)?.token !== owner.token) {
         throw new BottleError('RUN_LOCKED', `cannot hand over ${file}: this process no longer owns it`);
       }
-      const next: LockOwner = { pid, host: owner.host, startTime: procStat(pid)?.startTime ?? null, acquiredAt: Date.now(), token: randomBytes(12).toString('base64url') };
+      const next: LockOwner = {
+        pid,
+        host: owner.host,
+        startTime: procStat(pid)?.startTime ?? null,
+        acquiredAt: Date.now(),
+        token: randomBytes(12).toString('base64url'),
+        handedOver: true,
+      };
       const tmp = `${file}.${next.token}.tmp`;
       writeNewFileSync(tmp, JSON.stringify(next));
       renameSync(tmp, file);

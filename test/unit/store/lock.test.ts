@@ -145,3 +145,23 @@ describe('takeover race', () => {
     }
   });
 });
+
+describe('handOver', () => {
+  it('names another live process as the owner with no moment without one; the old owner cannot take it back', () => {
+    const file = join(tmp(), 'run', 'owner.lock');
+    const lock = acquireRunLock(file, me);
+    const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 30000)'], { stdio: 'ignore' });
+    try {
+      if (child.pid === undefined) throw new Error('could not spawn a child');
+      lock.handOver(child.pid);
+      expect(readLockOwner(file, { host })).toEqual({ pid: child.pid, host, alive: true });
+      // The handed-over lock is the child's: release() by the old owner leaves it alone...
+      lock.release();
+      expect(existsSync(file)).toBe(true);
+      // ...and the old owner acquiring again is refused while the child lives.
+      expect(() => acquireRunLock(file, me)).toThrow(/pid/);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+});
