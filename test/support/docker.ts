@@ -73,9 +73,11 @@ export async function baseImage(): Promise<string> {
   return BASE_IMAGE;
 }
 
-/** Runs a command in a running container; returns its exit code and output. */
-export async function execIn(container: string, cmd: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const exec = await docker().getContainer(container).exec({ Cmd: cmd, AttachStdout: true, AttachStderr: true });
+/** Runs a command in a running container (as `user` when given); returns its exit code and output. */
+export async function execIn(container: string, cmd: string[], opts: { user?: string } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const exec = await docker()
+    .getContainer(container)
+    .exec({ Cmd: cmd, AttachStdout: true, AttachStderr: true, ...(opts.user ? { User: opts.user } : {}) });
   const stream = await exec.start({ Detach: false, Tty: false });
   const out: Buffer[] = [];
   const err: Buffer[] = [];

@@ -5,10 +5,9 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { Writable } from 'node:stream';
 import { DEFAULT_SOCKET } from '../../effects/docker/client.js';
 import { slugify } from '../../machines/names.js';
-import { docker, SUITE_ID, suiteLabels } from './docker.js';
+import { docker, execIn, SUITE_ID, suiteLabels } from './docker.js';
 import { demux } from './images.js';
 import type { Runtime, SecBottle } from './security.js';
 
@@ -303,25 +302,8 @@ export interface ExecResult {
 }
 
 /** Runs `cmd` in a running container as `user`. */
-export async function execAs(container: string, user: string, cmd: string[]): Promise<ExecResult> {
-  const exec = await docker().getContainer(container).exec({ Cmd: cmd, User: user, AttachStdout: true, AttachStderr: true });
-  const stream = await exec.start({ Detach: false, Tty: false });
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  const sink = (into: Buffer[]) =>
-    new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        into.push(chunk);
-        cb();
-      },
-    });
-  docker().modem.demuxStream(stream, sink(out), sink(err));
-  await new Promise<void>((resolve, reject) => {
-    stream.on('end', resolve);
-    stream.on('error', reject);
-  });
-  const info = await exec.inspect();
-  return { code: info.ExitCode ?? -1, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') };
+export function execAs(container: string, user: string, cmd: string[]): Promise<ExecResult> {
+  return execIn(container, cmd, { user });
 }
 
 /** Appends `address name` lines to a container's /etc/hosts (as root: the file is root's). */
