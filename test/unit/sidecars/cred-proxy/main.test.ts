@@ -1,10 +1,9 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, runMain } from '../main-process.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makePki, type Pki, replaceFile, request, startUpstream, tempDir, until, writeConfig } from './harness.js';
 
 /** The sidecar's entry point, run as the container runs it (env and files only), on loopback. */
@@ -20,32 +19,6 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(pki.dir, { recursive: true, force: true }));
 
-const children: ChildProcess[] = [];
-afterEach(() => {
-  for (const c of children.splice(0)) c.kill('SIGKILL');
-});
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-function run(env: Record<string, string>) {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  const out = { stdout: '', stderr: '' };
-  child.stdout!.on('data', (c: Buffer) => {
-    out.stdout += c.toString();
-  });
-  child.stderr!.on('data', (c: Buffer) => {
-    out.stderr += c.toString();
-  });
-  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  return { child, out, exited };
-}
 
 const route = (upstream: string, extra: Record<string, unknown> = {}) => ({
   path: '/anthropic',
@@ -58,7 +31,7 @@ const route = (upstream: string, extra: Record<string, unknown> = {}) => ({
 
 describe('cred-proxy main', () => {
   it('refuses to start without a readable routes file', async () => {
-    const { out, exited } = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_CRED_ROUTES: join(tempDir(), 'missing.json') });
+    const { out, exited } = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_CRED_ROUTES: join(tempDir(), 'missing.json') });
     expect(await exited).toBe(1);
     expect(out.stderr).toContain('cannot read the routes file');
     expect(out.stdout).not.toContain('ready');
@@ -68,7 +41,7 @@ describe('cred-proxy main', () => {
     const dir = tempDir();
     const { routesFile, tokenFiles } = writeConfig(dir, [route('https://127.0.0.1:1'), { ...route('https://127.0.0.1:2'), path: '/other', roles: [], token: 'other-token-0123456789' }]);
     rmSync(tokenFiles[1]!);
-    const noToken = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_CRED_ROUTES: routesFile });
+    const noToken = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_CRED_ROUTES: routesFile });
     expect(await noToken.exited).toBe(1);
     expect(noToken.out.stderr).toContain('route /other');
     expect(noToken.out.stderr).toContain('ENOENT');
@@ -76,7 +49,7 @@ describe('cred-proxy main', () => {
     expect(noToken.out.stderr).not.toContain(TOKEN);
 
     const ca = writeConfig(tempDir(), [route('https://127.0.0.1:1', { ca_file: join(dir, 'no-such-ca.pem') })]);
-    const noCa = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_CRED_ROUTES: ca.routesFile });
+    const noCa = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_CRED_ROUTES: ca.routesFile });
     expect(await noCa.exited).toBe(1);
     expect(noCa.out.stderr).toContain('CA bundle');
     expect(noCa.out.stderr).not.toContain(TOKEN);
@@ -86,12 +59,12 @@ describe('cred-proxy main', () => {
     const dir = tempDir();
     const bad = join(dir, 'routes.json');
     writeFileSync(bad, JSON.stringify({ routes: [{ path: '/a', upstream: 'ftp://x', inject: { header: 'x', format: '{token}' }, token_file: '/t' }] }));
-    const invalid = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_CRED_ROUTES: bad });
+    const invalid = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_CRED_ROUTES: bad });
     expect(await invalid.exited).toBe(2);
     expect(invalid.out.stderr).toContain('routes[0].upstream');
     const { routesFile } = writeConfig(tempDir(), [route('https://127.0.0.1:1')]);
-    expect(await run({ BOTTLE_SIDECAR_PORT: 'cred', BOTTLE_CRED_ROUTES: routesFile }).exited).toBe(2);
-    expect(await run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_CRED_ROUTES: routesFile, BOTTLE_CRED_PLACEHOLDER: 'x' }).exited).toBe(2);
+    expect(await runMain(MAIN, { BOTTLE_SIDECAR_PORT: 'cred', BOTTLE_CRED_ROUTES: routesFile }).exited).toBe(2);
+    expect(await runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_CRED_ROUTES: routesFile, BOTTLE_CRED_PLACEHOLDER: 'x' }).exited).toBe(2);
   });
 
   it('serves: ready, /healthz, the real token upstream, audit lines with the run and fingerprint; 503 while the token file is gone; a rotated token without restart', async () => {
@@ -99,7 +72,7 @@ describe('cred-proxy main', () => {
     const dir = tempDir();
     const { routesFile, tokenFiles } = writeConfig(dir, [route(model.origin, { ca_file: pki.caFile })]);
     const port = await freePort();
-    const { out, child } = run({ BOTTLE_SIDECAR_PORT: String(port), BOTTLE_CRED_ROUTES: routesFile, BOTTLE_CRED_PLACEHOLDER: PLACEHOLDER, BOTTLE_RUN: 'r1' });
+    const { out, child } = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(port), BOTTLE_CRED_ROUTES: routesFile, BOTTLE_CRED_PLACEHOLDER: PLACEHOLDER, BOTTLE_RUN: 'r1' });
     await until(() => out.stdout.includes('ready'), 'ready', 20_000);
     expect((await request(port, '/healthz')).status).toBe(200);
 

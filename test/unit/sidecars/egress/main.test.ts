@@ -1,10 +1,10 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freePort, runMain } from '../main-process.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { until } from './harness.js';
 
@@ -12,9 +12,7 @@ import { until } from './harness.js';
 const MAIN = fileURLToPath(new URL('../../../../sidecars/egress/main.ts', import.meta.url));
 
 let dir: string | undefined;
-const children: ChildProcess[] = [];
 afterEach(() => {
-  for (const c of children.splice(0)) c.kill('SIGKILL');
   if (dir) rmSync(dir, { recursive: true, force: true });
   dir = undefined;
 });
@@ -22,31 +20,6 @@ const tempDir = () => {
   dir ??= mkdtempSync(join(tmpdir(), 'bottle-egress-main-'));
   return dir;
 };
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-function run(env: Record<string, string>) {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
-    env: { PATH: process.env.PATH ?? '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.push(child);
-  const out = { stdout: '', stderr: '' };
-  child.stdout!.on('data', (c: Buffer) => {
-    out.stdout += c.toString();
-  });
-  child.stderr!.on('data', (c: Buffer) => {
-    out.stderr += c.toString();
-  });
-  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  return { child, out, exited };
-}
 
 function get(port: number, request: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -64,7 +37,7 @@ const healthz = (port: number) => get(port, 'GET /healthz HTTP/1.1\r\nHost: egre
 
 describe('egress main', () => {
   it('refuses to start without a readable allowlist', async () => {
-    const { out, exited } = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: join(tempDir(), 'missing') });
+    const { out, exited } = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: join(tempDir(), 'missing') });
     expect(await exited).toBe(1);
     expect(out.stderr).toContain('cannot read the allowlist');
     expect(out.stdout).not.toContain('ready');
@@ -73,22 +46,22 @@ describe('egress main', () => {
   it('refuses to start with a deny list it cannot read, or a bad port', async () => {
     const file = join(tempDir(), 'allowlist');
     writeFileSync(file, 'allowed.test\n');
-    const bad = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: file, BOTTLE_EGRESS_DENY: '172.18.0.1,gateway' });
+    const bad = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: file, BOTTLE_EGRESS_DENY: '172.18.0.1,gateway' });
     expect(await bad.exited).toBe(2);
     expect(bad.out.stderr).toContain('BOTTLE_EGRESS_DENY');
-    const port = run({ BOTTLE_SIDECAR_PORT: 'egress', BOTTLE_EGRESS_ALLOWLIST: file });
+    const port = runMain(MAIN, { BOTTLE_SIDECAR_PORT: 'egress', BOTTLE_EGRESS_ALLOWLIST: file });
     expect(await port.exited).toBe(2);
   });
 
   it('refuses to start with a placeholder or a hash list it cannot read, never printing either', async () => {
     const file = join(tempDir(), 'allowlist');
     writeFileSync(file, 'allowed.test\n');
-    const short = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: file, BOTTLE_EGRESS_CANARY: 'shhh' });
+    const short = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: file, BOTTLE_EGRESS_CANARY: 'shhh' });
     expect(await short.exited).toBe(2);
     expect(short.out.stderr).toContain('BOTTLE_EGRESS_CANARY');
     expect(short.out.stderr).not.toContain('shhh');
     const token = 'sk-test-a-real-token-pasted-by-mistake';
-    const bad = run({ BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: file, BOTTLE_EGRESS_SECRET_HASHES: `${token}` });
+    const bad = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(await freePort()), BOTTLE_EGRESS_ALLOWLIST: file, BOTTLE_EGRESS_SECRET_HASHES: `${token}` });
     expect(await bad.exited).toBe(2);
     expect(bad.out.stderr).toContain('BOTTLE_EGRESS_SECRET_HASHES: entry 1 is not <length>:<sha256 hex>');
     expect(bad.out.stderr).not.toContain(token);
@@ -102,7 +75,7 @@ describe('egress main', () => {
     const canary = 'bottle-placeholder-r1';
     const token = 'sk-test-0123456789abcdefghij';
     const port = await freePort();
-    const { out } = run({
+    const { out } = runMain(MAIN, {
       BOTTLE_SIDECAR_PORT: String(port),
       BOTTLE_EGRESS_ALLOWLIST: file,
       BOTTLE_EGRESS_AUDIT: auditFile,
@@ -135,7 +108,7 @@ describe('egress main', () => {
     const auditFile = join(d, 'audit', 'egress.jsonl');
     writeFileSync(file, 'allowed.test\n');
     const port = await freePort();
-    const { out } = run({
+    const { out } = runMain(MAIN, {
       BOTTLE_SIDECAR_PORT: String(port),
       BOTTLE_EGRESS_ALLOWLIST: file,
       BOTTLE_EGRESS_AUDIT: auditFile,
