@@ -165,8 +165,17 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
       await runtime.startContainer(plan.netns.holder, signal);
       await removeDefaultRoute(plan, runId, signal);
     };
+    // Each ref is read once, so the canary's hashes and the cred-proxy's files agree even if
+    // a token file is replaced while the launch runs.
+    const values = new Map<string, string>();
+    const read = (ref: { file: string } | { env: string }) => {
+      const key = JSON.stringify(ref);
+      const value = values.get(key) ?? deps.secrets.read(ref);
+      values.set(key, value);
+      return value;
+    };
     const secretHashes = plan.routes.map((r) => {
-      const token = deps.secrets.read(r.token);
+      const token = read(r.token);
       return `${Buffer.byteLength(token)}:${createHash('sha256').update(token).digest('hex')}`;
     });
     const results = await Promise.allSettled([
@@ -177,7 +186,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
         created.push({ kind: 'container', name: s.name, role: s.role });
         // The real tokens reach the cred-proxy's container through the Docker API, read from
         // their refs now: never a staged host file, an env var or a log record.
-        if (s.role === 'cred-proxy') await runtime.putFiles(s.name, credProxyFiles(plan, (ref) => deps.secrets.read(ref)), signal);
+        if (s.role === 'cred-proxy') await runtime.putFiles(s.name, credProxyFiles(plan, read), signal);
         await runtime.startContainer(s.name, signal);
         // The egress proxy is healthy only once it has read its allowlist, the cred-proxy once
         // it has read every token: a sidecar without its policy fails the start.
