@@ -8,11 +8,6 @@ export interface EventLogOptions {
   clock: { now(): number };
 }
 
-type Of<K extends LogRecord['kind']> = Extract<LogRecord, { kind: K }>;
-export type IntentRecord = Of<'effect.intent'>;
-export type CompletedRecord = Of<'effect.completed'>;
-export type FailedRecord = Of<'effect.failed'>;
-
 /** Every line is a record (the adapter rejects anything else), so record i sits on line i + 1. */
 function checkGapless(file: string, records: readonly LogRecord[], before = 0): void {
   records.forEach((rec, i) => {
@@ -114,44 +109,4 @@ export class EventLog {
 /** The effect journal key: stable across restarts, never a position. */
 export function effectKey(runId: string, step: string, attempt: number): string {
   return `${runId}:${step}:${attempt}`;
-}
-
-export interface JournalEntry {
-  intent?: IntentRecord;
-  completed?: CompletedRecord;
-  failed?: FailedRecord;
-}
-
-/** What the journal holds for `key`: an intent alone means the effect may or may not have happened. */
-export function journalLookup(records: readonly LogRecord[], key: string): JournalEntry {
-  const entry: JournalEntry = {};
-  for (const r of records) {
-    if (!('key' in r) || r.key !== key) continue;
-    if (r.kind === 'effect.intent') entry.intent = r;
-    else if (r.kind === 'effect.completed') entry.completed = r;
-    else if (r.kind === 'effect.failed') entry.failed = r;
-  }
-  return entry;
-}
-
-/**
- * The attempt number for the next run of `step`: 1 + the attempts that reached an outcome.
- * An intent whose process died before its outcome is not counted, so the retry reuses its
- * key and the adapter reconciles with whatever that attempt left behind.
- */
-export function nextAttempt(records: readonly LogRecord[], step: string): number {
-  const keys = new Set<string>();
-  for (const r of records) if (r.kind === 'effect.intent' && r.step === step) keys.add(r.key);
-  const finished = new Set<string>();
-  for (const r of records) {
-    if ((r.kind === 'effect.completed' || r.kind === 'effect.failed') && keys.has(r.key)) finished.add(r.key);
-  }
-  return finished.size + 1;
-}
-
-/** Intents with no outcome: at most one is legitimate (the last effect before a crash). */
-export function openIntents(records: readonly LogRecord[]): IntentRecord[] {
-  const done = new Set<string>();
-  for (const r of records) if (r.kind === 'effect.completed' || r.kind === 'effect.failed') done.add(r.key);
-  return records.filter((r): r is IntentRecord => r.kind === 'effect.intent' && !done.has(r.key));
 }

@@ -14,7 +14,7 @@ import {
 } from '../../machines/bottle.machine.js';
 import type { Clock } from '../../machines/ports.js';
 import type { StepFn } from '../../machines/steps.js';
-import { EventLog } from '../../store/event-log.js';
+import { EventLog, effectKey } from '../../store/event-log.js';
 import { acquireRunLock, type RunLock } from '../../store/lock.js';
 import { ackCommand, pendingCommands, quarantineCommand, watchMailbox } from '../../store/mailbox.js';
 import { commandsDir, eventsFile, lockFile, runDir } from '../../store/paths.js';
@@ -183,7 +183,7 @@ export class RunHost {
    */
   private async journaled(step: StepId, input: unknown, signal: AbortSignal): Promise<unknown> {
     const attempt = (this.outcomes.get(step) ?? 0) + 1;
-    const key = `${this.runId}:${step}:${attempt}`;
+    const key = effectKey(this.runId, step, attempt);
     const prior = this.journal.get(key);
     if (prior && 'completed' in prior) return prior.completed;
     if (prior?.failed) throw prior.failed;

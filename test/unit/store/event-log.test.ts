@@ -1,7 +1,7 @@
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { EventLog, effectKey, journalLookup, nextAttempt, openIntents } from '../../../store/event-log.js';
+import { EventLog, effectKey } from '../../../store/event-log.js';
 import { JsonlAppendAdapter } from '../../../store/jsonl-adapter.js';
 import { type LogRecord, type NewRecord, RecordSchema } from '../../../store/records.js';
 import { useTempDir } from './tmp.js';
@@ -155,37 +155,7 @@ describe('JsonlAppendAdapter', () => {
 });
 
 describe('effect journal', () => {
-  const recs = (list: NewRecord[]): LogRecord[] => list.map((r, i) => ({ seq: i + 1, at: i, ...r }) as LogRecord);
-  const k = (step: string, attempt: number) => effectKey('r1', step, attempt);
-
   it('keys effects by run, step and attempt', () => {
     expect(effectKey('r1', 'createNetwork', 2)).toBe('r1:createNetwork:2');
-  });
-
-  it('finds the intent and outcome recorded for a key', () => {
-    const log = recs([
-      { kind: 'effect.intent', key: k('net', 1), step: 'net', attempt: 1 },
-      { kind: 'effect.failed', key: k('net', 1), error: { code: 'DOCKER_ERROR', message: 'boom' } },
-      { kind: 'effect.intent', key: k('net', 2), step: 'net', attempt: 2 },
-      { kind: 'effect.completed', key: k('net', 2), output: { id: 'n1' } },
-    ]);
-    expect(journalLookup(log, k('net', 1))).toMatchObject({ intent: { seq: 1 }, failed: { seq: 2 } });
-    expect(journalLookup(log, k('net', 1)).completed).toBeUndefined();
-    expect(journalLookup(log, k('net', 2))).toMatchObject({ intent: { seq: 3 }, completed: { seq: 4, output: { id: 'n1' } } });
-    expect(journalLookup(log, k('net', 3))).toEqual({});
-  });
-
-  it('retries a crashed intent with the same attempt, and counts only outcomes of that step', () => {
-    const log = recs([
-      { kind: 'effect.intent', key: k('net', 1), step: 'net', attempt: 1 },
-      { kind: 'effect.failed', key: k('net', 1), error: { code: 'DOCKER_ERROR', message: 'boom' } },
-      { kind: 'effect.intent', key: k('agent', 1), step: 'agent', attempt: 1 },
-      { kind: 'effect.completed', key: k('agent', 1), output: null },
-      { kind: 'effect.intent', key: k('net', 2), step: 'net', attempt: 2 },
-    ]);
-    expect(nextAttempt(log, 'net')).toBe(2);
-    expect(nextAttempt(log, 'agent')).toBe(2);
-    expect(nextAttempt(log, 'other')).toBe(1);
-    expect(openIntents(log).map((r) => r.key)).toEqual([k('net', 2)]);
   });
 });
