@@ -1,0 +1,115 @@
+import { readFileSync } from 'node:fs';
+import { type GateRemote, parseRemotes, shQuote } from './config.js';
+import { runPreReceive } from './hook.js';
+import { initMirrors, RemoteLocks, refreshMirror } from './mirror.js';
+import { createGateServer } from './server.js';
+
+/**
+ * The git gate sidecar: the agent's only way to the declared git remotes. It serves each
+ * remote as http://git-gate:8418/NAME.git (git's smart HTTP, by `git http-backend`) from a
+ * bare mirror it refreshes from the upstream with the remote's key or token, and forwards a
+ * push upstream only when every ref of it is allowed (see policy.ts, hook.ts, server.ts).
+ * Runs on Debian's Node 18 and git inside the sidecar image; Node built-ins only.
+ *
+ * `git-gate.mjs pre-receive` is the mirrors' hook (hook.ts), run by git itself.
+ *
+ * env:
+ *   BOTTLE_SIDECAR_PORT     port to listen on (default 8418); GET /healthz answers there too
+ *   BOTTLE_GIT_GATE_CONFIG  the remotes file (default /run/bottle/git-gate/remotes.json):
+ *                           {"remotes": [{"name", "upstream", "push", "key_file"?, "known_hosts_file"?,
+ *                           "token_file"?, "ca_file"?}]}; read once at start
+ *   BOTTLE_GIT_GATE_STATE   folder of the mirrors (default $HOME/git-gate)
+ *   BOTTLE_RUN              the run id, stamped on every audit line when set
+ *
+ * Start: the config is read and every mirror created (empty) with its hook before /healthz
+ * answers 200; a config that cannot be read or used exits non-zero (1: unreadable, 2: invalid).
+ * The upstreams are not needed to start: each is fetched once in the background, and again
+ * before every fetch and push, which fail with the upstream's error while it cannot be reached.
+ *
+ * stdout: `ready` once listening, then one JSON audit line per fetch and per pushed ref
+ * (audit.ts). stderr: diagnostics. Neither ever holds a key or a token.
+ */
+
+if (process.argv[2] === 'pre-receive') {
+  process.exitCode = runPreReceive();
+} else {
+  main();
+}
+
+function main() {
+  const env = process.env;
+  const die = (message: string, code = 1): never => {
+    process.stderr.write(`git-gate: ${message}\n`);
+    process.exit(code);
+  };
+  const portText = env.BOTTLE_SIDECAR_PORT ?? '8418';
+  const port = /^\d+$/.test(portText) && Number(portText) >= 1 && Number(portText) <= 65535 ? Number(portText) : die(`BOTTLE_SIDECAR_PORT must be a port number, got '${portText}'`, 2);
+  const configFile = env.BOTTLE_GIT_GATE_CONFIG || '/run/bottle/git-gate/remotes.json';
+  const state = env.BOTTLE_GIT_GATE_STATE || `${env.HOME ?? '/tmp'}/git-gate`;
+  const run = env.BOTTLE_RUN || undefined;
+
+  let text = '';
+  try {
+    text = readFileSync(configFile, 'utf8');
+  } catch (err) {
+    die(`cannot read the remotes file ${configFile} (${(err as NodeJS.ErrnoException).code ?? 'error'}); refusing to start without a policy`);
+  }
+  const parsed = parseRemotes(text);
+  if (!parsed.ok) die(`invalid remotes file ${configFile}:\n  ${parsed.errors.join('\n  ')}`, 2);
+  const remotes = (parsed as { ok: true; remotes: GateRemote[] }).remotes;
+  for (const r of remotes) {
+    for (const file of [r.keyFile, r.knownHostsFile, r.tokenFile, r.caFile]) {
+      if (file === undefined) continue;
+      try {
+        readFileSync(file);
+      } catch (err) {
+        die(`remote ${r.name}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+      }
+    }
+  }
+
+  let ready = false;
+  const locks = new RemoteLocks();
+  const log = (message: string) => void process.stderr.write(`git-gate: ${message}\n`);
+  const server = createGateServer({
+    state,
+    configFile,
+    remotes,
+    ...(run ? { run } : {}),
+    audit: (line) => void process.stdout.write(line),
+    log,
+    ready: () => ready,
+    locks,
+  });
+  server.on('error', (err) => die(`cannot listen on port ${port}: ${err.message}`));
+
+  // The hook runs this very program with the same Node (and loader flags, under tests).
+  const hookCommand = [process.execPath, ...process.execArgv, process.argv[1] ?? ''].map(shQuote).join(' ');
+  initMirrors({ dir: state, remotes }, hookCommand).then(
+    () => {
+      ready = true;
+      server.listen(port, () => {
+        for (const r of remotes) log(`remote ${r.name} -> ${r.upstream} (push: ${r.push.length > 0 ? r.push.join(', ') : 'read-only'})`);
+        log(`listening on ${port}, ${remotes.length} remote(s) from ${configFile}`);
+        process.stdout.write('ready\n');
+      });
+      // A first look at each upstream, so the first fetch is quick; failures only say so.
+      for (const r of remotes) {
+        locks.run(r.name, () => refreshMirror(state, r)).then(
+          () => log(`remote ${r.name}: mirror refreshed from the upstream`),
+          (err: unknown) => log(`remote ${r.name}: upstream not reachable yet (${(err as Error).message}); it is tried again before every fetch and push`),
+        );
+      }
+    },
+    (err: unknown) => die(`cannot create the mirrors in ${state}: ${(err as Error).message}`),
+  );
+
+  // PID 1 in a container gets no default signal handling: without this, `docker stop` waits out its timeout.
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => {
+      server.close(() => process.exit(0));
+      server.closeAllConnections?.();
+      setTimeout(() => process.exit(0), 1000).unref();
+    });
+  }
+}
