@@ -250,6 +250,24 @@ export class FakeRuntime implements ContainerRuntime {
     });
   }
 
+  async readArchive(name: string, path: string): Promise<Buffer | null> {
+    const files = this.world().containers[name]?.files ?? {};
+    const inside = Object.entries(files).filter(([p]) => p === path || p.startsWith(`${path}/`));
+    return inside.length === 0 ? null : Buffer.from(JSON.stringify({ path, files: Object.fromEntries(inside) }));
+  }
+
+  /** The fake's "tar" is the JSON readArchive made; the files come back under `dir`. */
+  async writeArchive(name: string, dir: string, tar: Buffer) {
+    const { path, files } = JSON.parse(tar.toString()) as { path: string; files: Record<string, string> };
+    const parent = path.slice(0, path.lastIndexOf('/')) || '/';
+    this.mutate('writeArchive', name, (w) => {
+      const c = w.containers[name];
+      if (!c) throw new BottleError('DOCKER_ERROR', `no such container: ${name}`);
+      c.files ??= {};
+      for (const [p, content] of Object.entries(files)) c.files[`${dir.replace(/\/$/, '')}${p.slice(parent.length)}`] = content;
+    });
+  }
+
   async readStdout(name: string): Promise<string> {
     return this.world().containers[name]?.stdout ?? '';
   }

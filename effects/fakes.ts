@@ -1,7 +1,6 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { BottleError } from '../config/errors.js';
-import type { Proposal } from '../machines/bottle.machine.js';
 import type { BottlePlan } from '../machines/plan.js';
 import type { BuildProgress, CapabilityApplier, ImageProvider } from '../machines/ports.js';
 
@@ -41,8 +40,11 @@ export class FakeCapabilities implements CapabilityApplier {
     private readonly countsFile: string,
     private readonly failKinds: string[] = [],
   ) {}
-  async apply(_plan: BottlePlan, proposal: Proposal): Promise<void> {
-    if (this.failKinds.includes(proposal.kind)) throw new BottleError('BUILD_FAILED', `fake failure applying ${proposal.kind} proposal ${proposal.id}`);
-    bump(this.countsFile, `apply:${proposal.id}`);
+  async buildBottleImage(plan: BottlePlan, dockerfile: string, progress: BuildProgress): Promise<{ image: string }> {
+    if (this.failKinds.includes('dockerfile')) throw new BottleError('BUILD_FAILED', `fake failure building the per-bottle image of ${plan.identity}`);
+    const tag = `bot-bottle/bottle:fake-${createHash('sha256').update(dockerfile).digest('hex').slice(0, 12)}`;
+    bump(this.countsFile, `build:${tag}`);
+    progress(`fake: built ${tag}`);
+    return { image: tag };
   }
 }

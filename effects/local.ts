@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { customAlphabet } from 'nanoid';
 import type { Clock, HostEnv, HostFiles, Ids, Stager } from '../machines/ports.js';
 
@@ -40,6 +40,12 @@ export class NodeHostFiles implements HostFiles {
   }
   async readText(path: string): Promise<string> {
     return readFile(path, 'utf8');
+  }
+  async writeText(path: string, content: string | Buffer, mode = 0o600): Promise<void> {
+    await new FsStager().stage(dirname(path), [{ name: basename(path), content, mode }]);
+  }
+  async remove(path: string): Promise<void> {
+    await rm(path, { force: true });
   }
 }
 

@@ -174,7 +174,7 @@ export const bottleMachine = setup({
       typeof fromPromise<{ exitCode: number }, { plan: BottlePlan; runId: string }>
     >,
     applyProposal: notImplemented('applyProposal') as unknown as ReturnType<
-      typeof fromPromise<{ applied: true }, { plan: BottlePlan; runId: string; proposal: Proposal; allowlist: string[] }>
+      typeof fromPromise<{ applied: true }, { plan: BottlePlan; runId: string; proposal: Proposal; allowlist: string[]; proposals: Proposal[] }>
     >,
     teardown: notImplemented('teardown') as unknown as ReturnType<
       typeof fromPromise<{ removed: CreatedResource[] }, { identity: string; runId: string; resources: CreatedResource[] }>
@@ -440,6 +440,7 @@ export const bottleMachine = setup({
                   runId: context.input.runId,
                   proposal: context.proposals.find((p) => p.status === 'applying')!,
                   allowlist: currentAllowlist(context.plan!, context.proposals),
+                  proposals: context.proposals,
                 }),
                 onDone: { target: 'waiting', actions: 'recordApplied' },
                 onError: { target: 'waiting', actions: 'recordApplyFailed' },

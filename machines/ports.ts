@@ -152,6 +152,10 @@ export interface ContainerRuntime {
   putFiles(name: string, files: FileToPut[], signal?: AbortSignal): Promise<void>;
   /** The container's stdout so far ('' when it is gone): a sidecar's audit lines. */
   readStdout(name: string, signal?: AbortSignal): Promise<string>;
+  /** A tar of `path` in the container (running or not); null when the path does not exist. */
+  readArchive(name: string, path: string, signal?: AbortSignal): Promise<Buffer | null>;
+  /** Unpacks a tar from readArchive into the folder `dir` of the container. */
+  writeArchive(name: string, dir: string, tar: Buffer, signal?: AbortSignal): Promise<void>;
   removeContainer(name: string, signal?: AbortSignal): Promise<void>;
   removeNetwork(name: string, signal?: AbortSignal): Promise<void>;
   removeVolume(name: string, signal?: AbortSignal): Promise<void>;
@@ -205,6 +209,10 @@ export interface ImageProvider {
 export interface HostFiles {
   exists(path: string): Promise<boolean>;
   readText(path: string): Promise<string>;
+  /** Writes a file whole (temp name + rename), creating its folder; mode 0600 unless given. */
+  writeText(path: string, content: string | Buffer, mode?: number): Promise<void>;
+  /** Removes a file; a missing one is success. */
+  remove(path: string): Promise<void>;
 }
 
 /**
@@ -222,16 +230,44 @@ export interface BottlePaths {
   agentLog(identity: string, runId: string): string;
   perBottleDockerfile(identity: string): string;
   queueDir(identity: string): string;
+  /** The agent's session state kept across a recreation of its container. */
+  transcriptDir(identity: string): string;
   auditDir(identity: string): string;
 }
 
-/** Applies an approved capability change to a running bottle. */
+/** Builds what an approved capability change needs that only a backend can make. */
 export interface CapabilityApplier {
-  apply(
+  /**
+   * Builds the per-bottle image from an approved Dockerfile text (FROM the agent image, with
+   * the --cwd layer on top when the plan has one) and returns the image the agent should run.
+   * A failed build rejects with BUILD_FAILED and the build's own error; nothing else changes.
+   */
+  buildBottleImage(
     plan: import('./plan.js').BottlePlan,
-    proposal: import('./bottle.machine.js').Proposal,
+    dockerfile: string,
+    progress: BuildProgress,
     signal?: AbortSignal,
-  ): Promise<void>;
+  ): Promise<{ image: string }>;
+}
+
+/** A proposal as the supervise sidecar accepted it (validated there, checked again here). */
+export interface IncomingProposal {
+  id: string;
+  kind: import('./bottle.machine.js').ProposalKind;
+  reason: string;
+  change: Record<string, unknown>;
+}
+
+/**
+ * Between the supervise sidecar and the run's owner: proposals go in through the store (a
+ * file in bottles/<identity>/queue/ and a command in the run's mailbox, so they survive a
+ * crash of the owner), and the machine's view of them comes back out to the sidecar.
+ */
+export interface ProposalBoard {
+  /** Queues a proposal for the run's owner; the same id twice is one proposal. */
+  submit(identity: string, runId: string, proposal: IncomingProposal): Promise<void>;
+  /** The proposals and the allowlist in force as the run's machine has them now; null before it has any. */
+  view(): { proposals: import('./bottle.machine.js').Proposal[]; allowlist: string[] } | null;
 }
 
 /** Where sidecars' audit lines end up on the host (bottles/<identity>/audit/<source>.jsonl). */

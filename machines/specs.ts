@@ -95,6 +95,7 @@ export function sidecarSpec(
           }
         : {}),
       ...(sidecar.role === 'cred-proxy' ? { BOTTLE_CRED_ROUTES: CRED_ROUTES_PATH, BOTTLE_CRED_PLACEHOLDER: placeholderToken(runId) } : {}),
+      ...(sidecar.role === 'supervise' ? { BOTTLE_SUPERVISE_DIR: SUPERVISE_DIR } : {}),
     },
     cmd: [`/opt/bot-bottle/sidecars/${sidecarProgram(sidecar.role)}.mjs`],
     mounts: [],
@@ -110,7 +111,7 @@ export function sidecarSpec(
 export const CRED_DIR = '/run/bottle/cred-proxy';
 export const CRED_ROUTES_PATH = `${CRED_DIR}/routes.json`;
 export const credTokenPath = (i: number) => `${CRED_DIR}/secrets/${i}`;
-const credCaPath = (i: number) => `${CRED_DIR}/ca/${i}.pem`;
+export const credCaPath = (i: number) => `${CRED_DIR}/ca/${i}.pem`;
 
 /**
  * The cred-proxy's configuration as files for its container only: the routes (no secrets)
@@ -137,7 +138,7 @@ export function credProxyFiles(plan: BottlePlan, read: (ref: { file: string } | 
 
 /** Which program each sidecar runs; roles without their own program yet run the placeholder. */
 export function sidecarProgram(role: SidecarPlan['role']): string {
-  const implemented: SidecarPlan['role'][] = ['egress', 'cred-proxy'];
+  const implemented: SidecarPlan['role'][] = ['egress', 'cred-proxy', 'supervise'];
   return implemented.includes(role) ? role : 'placeholder';
 }
 
@@ -190,4 +191,44 @@ export function netFixerSpec(plan: BottlePlan, runId: string): ContainerSpec {
     pidsLimit: 16,
     memoryBytes: 32 * 1024 ** 2,
   };
+}
+
+export const SUPERVISE_DIR = '/run/bottle/supervise';
+/** Where the agent's session state (Claude Code's transcript) lives in the built-in agent image. */
+export const AGENT_SESSION_DIR = '/home/agent/.claude';
+
+/**
+ * What the agent proposes against when no Dockerfile was approved yet: the text is built with
+ * the current agent image as build arg AGENT_IMAGE and no build context.
+ */
+export const DOCKERFILE_TEMPLATE = [
+  '# The Dockerfile of this bottle. Propose a whole new text: it is built FROM the image the',
+  '# agent runs now (build arg AGENT_IMAGE), with no build context, so COPY has nothing to copy.',
+  '# The built-in image runs as the user `agent`; switch to root to install packages.',
+  'ARG AGENT_IMAGE',
+  'FROM $' + '{AGENT_IMAGE}',
+  '',
+].join('\n');
+
+/** What the supervise sidecar shows the agent: no secrets, only where they are injected. */
+export interface SuperviseCurrent {
+  dockerfile: string;
+  allowlist: string[];
+  routes: { path: string; upstream: string; inject: { header: string; format: string }; roles: string[] }[];
+}
+
+export interface SuperviseDecision {
+  id: string;
+  status: 'approved' | 'denied' | 'failed';
+  reason?: string;
+  error?: string;
+  at?: string;
+}
+
+export function superviseFiles(part: { current?: SuperviseCurrent; decisions?: SuperviseDecision[] }): FileToPut[] {
+  const own = { mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID };
+  const files: FileToPut[] = [];
+  if (part.current) files.push({ containerPath: `${SUPERVISE_DIR}/current.json`, content: `${JSON.stringify(part.current, null, 2)}\n`, ...own });
+  if (part.decisions) files.push({ containerPath: `${SUPERVISE_DIR}/decisions.json`, content: `${JSON.stringify({ decisions: part.decisions }, null, 2)}\n`, ...own });
+  return files;
 }

@@ -13,6 +13,7 @@ import type {
   HostFiles,
   ImageProvider,
   LabelledObject,
+  ProposalBoard,
   RunRegistry,
   SecretReader,
   Stager,
@@ -30,7 +31,9 @@ import {
   netnsHolderSpec,
   SIDECAR_UID,
   sidecarSpec,
+  superviseFiles,
 } from './specs.js';
+import { applyDockerfile, applyRoute, currentView, swapMarker, watchProposals } from './capabilities.js';
 
 /**
  * The effects of the bottle machine, built from the ports they need (Temporal's
@@ -55,6 +58,8 @@ export interface StepDeps {
   progress: BuildProgress;
   /** Present when a terminal is attached to this run. */
   io?: AgentIO;
+  /** Where proposals from the supervise sidecar go, and the machine's view of them comes from. */
+  board?: ProposalBoard;
   /** How long sidecars get to become ready. */
   sidecarDeadlineMs?: number;
 }
@@ -187,10 +192,12 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
         // The real tokens reach the cred-proxy's container through the Docker API, read from
         // their refs now: never a staged host file, an env var or a log record.
         if (s.role === 'cred-proxy') await runtime.putFiles(s.name, credProxyFiles(plan, read), signal);
+        // The supervise sidecar is healthy once it knows what the agent may propose against.
+        if (s.role === 'supervise') await runtime.putFiles(s.name, superviseFiles({ current: await currentView(deps, plan, plan.allowlist, []), decisions: [] }), signal);
         await runtime.startContainer(s.name, signal);
         // The egress proxy is healthy only once it has read its allowlist, the cred-proxy once
         // it has read every token: a sidecar without its policy fails the start.
-        const readiness = s.role === 'egress' || s.role === 'cred-proxy' ? { kind: 'http' as const, port: s.port, path: '/healthz' } : { kind: 'tcp' as const, port: s.port };
+        const readiness = s.role === 'egress' || s.role === 'cred-proxy' || s.role === 'supervise' ? { kind: 'http' as const, port: s.port, path: '/healthz' } : { kind: 'tcp' as const, port: s.port };
         await runtime.waitReady(s.name, readiness, deadline, signal);
       }),
     ]);
@@ -206,11 +213,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     const staged = stagedPaths(deps, plan, runId);
     const created: CreatedResource[] = [];
     try {
-      const forwarded: Record<string, string> = {};
-      for (const [name, hostName] of Object.entries(plan.env.forwarded)) {
-        const value = deps.hostEnv.get(hostName);
-        if (value !== undefined) forwarded[name] = value;
-      }
+      const forwarded = forwardedEnv(plan);
       await runtime.ensureVolume({ name: plan.volume, labels: labelsFor(plan, runId, 'volume') }, signal);
       created.push({ kind: 'volume', name: plan.volume });
       await runtime.ensureContainer(agentSpec(plan, runId, staged, forwarded), signal);
@@ -221,6 +224,15 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     }
     return { created };
   };
+
+  function forwardedEnv(plan: BottlePlan): Record<string, string> {
+    const forwarded: Record<string, string> = {};
+    for (const [name, hostName] of Object.entries(plan.env.forwarded)) {
+      const value = deps.hostEnv.get(hostName);
+      if (value !== undefined) forwarded[name] = value;
+    }
+    return forwarded;
+  }
 
   async function removeDefaultRoute(plan: BottlePlan, runId: string, signal: AbortSignal) {
     const fixer = plan.netns.fixer;
@@ -245,10 +257,32 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
   const agentExit = async (input: PlanStepInput, signal: AbortSignal) => {
     const { plan, runId } = input;
     const stopWatching = watchRotations(plan, signal);
+    const stopProposals = watchProposals(deps, plan, runId, signal);
+    const marker = swapMarker(stagedPaths(deps, plan, runId).dir);
     try {
-      return await runtime.waitExit(plan.container, { ...(deps.io ? { io: deps.io } : {}), logFile: deps.paths.agentLog(plan.identity, runId) }, signal);
+      for (;;) {
+        const before = await runtime.inspectContainer(plan.container, signal);
+        let result: { exitCode: number } | null = null;
+        let failure: unknown = null;
+        try {
+          result = await runtime.waitExit(plan.container, { ...(deps.io ? { io: deps.io } : {}), logFile: deps.paths.agentLog(plan.identity, runId) }, signal);
+        } catch (err) {
+          if (signal.aborted) throw err;
+          failure = err;
+        }
+        // An approved Dockerfile replaces the agent's container: its end is not the agent's.
+        if (await deps.files.exists(marker)) {
+          await waitWhile(() => deps.files.exists(marker), signal);
+          continue;
+        }
+        const now = await runtime.inspectContainer(plan.container, signal);
+        if (before && now && now.id !== before.id && now.state === 'running') continue;
+        if (failure) throw failure;
+        return result!;
+      }
     } finally {
       stopWatching();
+      stopProposals();
     }
   };
 
@@ -286,7 +320,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
    * file, which the proxy reloads without a restart and without dropping open connections.
    * Other kinds go to the capability applier.
    */
-  const applyProposal = async (input: PlanStepInput & { proposal: Proposal; allowlist: string[] }, signal: AbortSignal) => {
+  const applyProposal = async (input: PlanStepInput & { proposal: Proposal; allowlist: string[]; proposals?: Proposal[] }, signal: AbortSignal) => {
     const { plan, proposal } = input;
     if (proposal.kind === 'allowlist') {
       const bad = input.allowlist.map((e) => ({ e, r: parseEgressEntry(e) })).filter((x) => !x.r.ok);
@@ -298,8 +332,13 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
       await runtime.putFiles(egress.name, [allowlistFile(input.allowlist)], signal);
       return { applied: true as const, allowlist: input.allowlist };
     }
-    await deps.capabilities.apply(plan, proposal, signal);
-    return { applied: true as const };
+    if (proposal.kind === 'route') {
+      await applyRoute(deps, plan, proposal, input.proposals ?? [proposal], signal);
+      return { applied: true as const };
+    }
+    const staged = stagedPaths(deps, plan, input.runId);
+    const { image } = await applyDockerfile(deps, plan, proposal, staged.dir, (img) => ({ ...agentSpec(plan, input.runId, staged, forwardedEnv(plan)), image: img }), signal);
+    return { applied: true as const, image };
   };
 
   const teardown = async (input: { identity: string; runId: string; resources: CreatedResource[] }, signal: AbortSignal) => {
@@ -325,7 +364,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     switch (r.kind) {
       case 'container':
         // Sidecars write their audit lines to stdout; they are kept before the container goes.
-        if (r.role === 'egress' || r.role === 'cred-proxy') await collectAudit(identity, r.name, r.role, signal);
+        if (r.role === 'egress' || r.role === 'cred-proxy' || r.role === 'supervise') await collectAudit(identity, r.name, r.role, signal);
         await runtime.removeContainer(r.name, signal);
         break;
       case 'network':
@@ -357,4 +396,11 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     applyProposal,
     teardown,
   } as unknown as Record<StepId, StepFn>;
+}
+
+async function waitWhile(check: () => Promise<boolean>, signal: AbortSignal): Promise<void> {
+  while (await check()) {
+    if (signal.aborted) throw signal.reason;
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }

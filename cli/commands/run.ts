@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { BottleError } from '../../config/errors.js';
 import { NanoIds } from '../../effects/local.js';
 import type { BottleInput } from '../../machines/bottle.machine.js';
@@ -14,7 +14,10 @@ import { commandsDir, eventsFile, lockFile, runDir } from '../../store/paths.js'
 import { listRuns, readStateDoc } from '../../store/state-doc.js';
 import { foldLog } from '../engine/fold.js';
 import { RunHost, type RunResult } from '../engine/runner.js';
-import { clock, faultFromEnv, openBackend, stepDeps, type CliContext } from '../engine/wiring.js';
+import type { Snapshot } from '../engine/fold.js';
+import { clock, faultFromEnv, HostSecretReader, openBackend, StoreProposalBoard, stepDeps, type CliContext } from '../engine/wiring.js';
+import { approvedTokenPath } from '../../machines/capabilities.js';
+import { SIDECAR_UID } from '../../machines/specs.js';
 import { info, printJson } from '../output.js';
 import { agentOf, overridesFrom, readManifest, resolveCwd } from './manifest.js';
 
@@ -65,12 +68,14 @@ async function host(ctx: CliContext, attach: boolean, quiet = false) {
   const progress = (line: string) => {
     if (!quiet) info(`  ${line}`);
   };
-  const steps = createSteps(stepDeps(ctx, backend, { ...(io ? { io } : {}), progress }));
+  const board = new StoreProposalBoard(ctx.home);
+  const steps = createSteps(stepDeps(ctx, backend, { ...(io ? { io } : {}), progress, board }));
   const fault = faultFromEnv(ctx.env);
   return {
     home: ctx.home,
     steps,
     clock,
+    onSnapshot: (snap: Snapshot) => board.follow(snap),
     ...(fault ? { fault } : {}),
     onState: (state: string) => {
       if (!quiet) info(`bottle: ${state}`);
@@ -181,18 +186,7 @@ async function detach(ctx: CliContext, input: BottleInput, opts: RunOpts): Promi
       throw new BottleError((err.code as 'INTERNAL') ?? 'INTERNAL', err.message, err.hint);
     }
   } else {
-    const dir = runDir(ctx.home, input.identity, input.runId);
-    const out = openSync(join(dir, 'owner.log'), 'a', 0o600);
-    const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, '__owner', input.identity, input.runId], {
-      detached: true,
-      stdio: ['ignore', out, out],
-      env: ctx.env as NodeJS.ProcessEnv,
-    });
-    child.unref();
-    closeSync(out);
-    if (child.pid === undefined) throw new BottleError('INTERNAL', 'could not start the background owner', `bottle resume ${input.identity}`);
-    // The lock names the background owner from now on: the run is never without a live owner.
-    h.handOver(child.pid);
+    handToBackground(ctx, h, input.identity, input.runId);
   }
   if (opts.json) printJson({ identity: input.identity, run: input.runId, state: outcome.state });
   else {
@@ -201,6 +195,24 @@ async function detach(ctx: CliContext, input: BottleInput, opts: RunOpts): Promi
     process.stdout.write(`${input.identity}\n`);
   }
   return 0;
+}
+
+/**
+ * Starts a background owner (`bottle __owner`) and hands the run to it: the lock names it from
+ * the moment this process stops driving the run, so the run is never without a live owner.
+ */
+function handToBackground(ctx: CliContext, h: RunHost, identity: string, runId: string): void {
+  const dir = runDir(ctx.home, identity, runId);
+  const out = openSync(join(dir, 'owner.log'), 'a', 0o600);
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, '__owner', identity, runId], {
+    detached: true,
+    stdio: ['ignore', out, out],
+    env: ctx.env as NodeJS.ProcessEnv,
+  });
+  child.unref();
+  closeSync(out);
+  if (child.pid === undefined) throw new BottleError('INTERNAL', 'could not start the background owner', `bottle resume ${identity}`);
+  h.handOver(child.pid);
 }
 
 /** The background owner of a detached run: takes it over from the launching CLI, with no terminal. */
@@ -237,7 +249,14 @@ async function deliver(ctx: CliContext, identity: string, runId: string, cmd: Pa
       try {
         const h = RunHost.resume(await host(ctx, false, opts.json), identity, runId);
         info(`bottle: no live owner for run ${runId}; took it over to carry out the command`);
-        return foreground(ctx, h, opts.json);
+        // Once the command has taken effect a run that goes on (an approval, a denial) is
+        // handed to a background owner, as `run --detach` does; a stop runs to its end here.
+        const outcome = await Promise.race([h.done, waitFor(until).then(() => null)]);
+        if (outcome === null && foldedState(ctx, identity, runId).status === 'active') {
+          handToBackground(ctx, h, identity, runId);
+          return 0;
+        }
+        return outcome ? finishRun(outcome, opts.json) : finishRun(await h.done, opts.json);
       } catch (err) {
         // Another process became the owner in between (a detached run's owner taking over
         // from the CLI that launched it) and drains the mailbox, or the run has just ended:
@@ -251,6 +270,10 @@ async function deliver(ctx: CliContext, identity: string, runId: string, cmd: Pa
     }
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+async function waitFor(check: () => boolean): Promise<void> {
+  while (!check()) await new Promise((r) => setTimeout(r, 100));
 }
 
 function foldedState(ctx: CliContext, identity: string, runId: string) {
@@ -273,6 +296,23 @@ export async function cmdStop(ctx: CliContext, identity: string, opts: { json?: 
   return code === 0 ? 0 : code;
 }
 
+/**
+ * A route's secret goes from this process straight into the cred-proxy's container through the
+ * Docker API: the mailbox, the log and the owner see only the ref's name.
+ */
+async function handSecretToProxy(ctx: CliContext, snap: ReturnType<typeof foldedState>, proposalId: string, secretRef: string): Promise<void> {
+  const proxy = snap.context.plan?.sidecars.find((s) => s.role === 'cred-proxy');
+  if (!proxy) {
+    throw new BottleError('USAGE', `bottle '${snap.context.input.identity}' runs no cred-proxy, so a route cannot be added while it runs`, `bottle deny ${snap.context.input.identity} ${proposalId} --reason "no cred-proxy"`);
+  }
+  const [kind, ...rest] = secretRef.split(':');
+  const name = rest.join(':');
+  const ref = kind === 'env' ? { env: name } : { file: resolve(ctx.cwd, name) };
+  const value = new HostSecretReader(ctx).read(ref);
+  const backend = await openBackend(ctx);
+  await backend.runtime.putFiles(proxy.name, [{ containerPath: approvedTokenPath(proposalId), content: value, mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID }]);
+}
+
 export async function cmdDecide(
   ctx: CliContext,
   identity: string,
@@ -293,6 +333,7 @@ export async function cmdDecide(
     throw new BottleError('USAGE', `proposal '${proposalId}' adds a route: approve it with the secret it should use`, `bottle approve ${identity} ${proposalId} --token-env NAME   (or --token-file PATH)`);
   }
   if (snap.status !== 'active') throw new BottleError('RUN_FINISHED', `run ${runId} of bottle '${identity}' has ended`, `bottle status ${identity}`);
+  if (decision.approve && proposal.kind === 'route' && decision.secretRef) await handSecretToProxy(ctx, snap, proposalId, decision.secretRef);
   const by = ctx.env.USER ?? 'cli';
   const cmd = decision.approve
     ? { id: ids.commandId(), type: 'approve' as const, proposal: proposalId, by, ...(decision.secretRef ? { secretRef: decision.secretRef } : {}) }

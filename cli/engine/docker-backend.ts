@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type Docker from 'dockerode';
@@ -10,7 +11,6 @@ import { prepareImages, type PrepareImagesOptions } from '../../effects/docker/i
 import { imageBuildPlan } from '../../effects/docker/images-plan.js';
 import { DockerodeImageBuilder } from '../../effects/docker/images.js';
 import { DockerodeRuntime } from '../../effects/docker/runtime.js';
-import type { Proposal } from '../../machines/bottle.machine.js';
 import type { BottlePlan } from '../../machines/plan.js';
 import type { BuildProgress, CapabilityApplier, ImageProvider } from '../../machines/ports.js';
 import { ENGINE_VERSION } from '../../machines/specs.js';
@@ -93,14 +93,39 @@ class DockerImages implements ImageProvider {
   }
 }
 
-/** Capability changes arrive with the capability review issue; until then an approval fails clearly. */
-class PendingCapabilities implements CapabilityApplier {
-  async apply(_plan: BottlePlan, proposal: Proposal): Promise<void> {
-    throw new BottleError(
-      'INTERNAL',
-      `applying a ${proposal.kind} proposal to a running Docker bottle is not available in this version`,
-      'deny it, or stop the bottle and change the manifest',
-    );
+/**
+ * Builds the per-bottle image of an approved Dockerfile proposal: the text FROM the image the
+ * agent runs now (build arg AGENT_IMAGE), with the --cwd layer on top again when the plan has
+ * one. The text is built from a candidate file; the step makes it bottles/<identity>/Dockerfile
+ * only once the build succeeded.
+ */
+class DockerCapabilities implements CapabilityApplier {
+  constructor(
+    private readonly ctx: CliContext,
+    private readonly docker: Docker,
+    private readonly perBottleDir: (identity: string) => string,
+  ) {}
+
+  async buildBottleImage(plan: BottlePlan, dockerfile: string, progress: BuildProgress, signal?: AbortSignal): Promise<{ image: string }> {
+    const opts = imageOptionsFor(plan, repoRoot());
+    const dir = this.perBottleDir(plan.identity);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const candidate = join(dir, `Dockerfile.candidate-${process.pid}`);
+    await writeFile(candidate, dockerfile, { mode: 0o600 });
+    try {
+      const { plan: images } = await prepareImages(this.docker, {
+        ...opts,
+        perBottleDockerfile: candidate,
+        aliases: { ...opts.aliases, bottle: `bot-bottle/bottle:${plan.identity}` },
+        baseSource: baseSource(this.ctx),
+        progress,
+        ...(signal ? { signal } : {}),
+        claudeCode: { cacheDir: claudeCodeCache(this.ctx), fetch: false },
+      });
+      return { image: images.runtime };
+    } finally {
+      await rm(candidate, { force: true });
+    }
   }
 }
 
@@ -112,7 +137,7 @@ export async function dockerBackend(ctx: CliContext): Promise<Backend> {
     // Readiness is polled; 50 ms keeps a launch from idling on the poll (docs/benchmarks.md).
     runtime: new DockerodeRuntime(docker, { pollMs: 50 }),
     images: new DockerImages(ctx, docker, (identity) => bottleDir(ctx.home, identity)),
-    capabilities: new PendingCapabilities(),
+    capabilities: new DockerCapabilities(ctx, docker, (identity) => bottleDir(ctx.home, identity)),
     imageTags: async () => {
       const { base, claudeCode } = await planOptions(ctx, docker);
       const plan = await imageBuildPlan({ repoRoot: repoRoot(), base, claudeCode, labels: { 'bot-bottle.version': ENGINE_VERSION } });

@@ -47,6 +47,8 @@ export interface HostDeps {
   fault?: FaultPoint;
   /** Called on every change of the CONTRACT state name. */
   onState?: (state: string, snapshot: Snapshot) => void;
+  /** Called with every snapshot of the machine (the proposal board follows the context). */
+  onSnapshot?: (snapshot: Snapshot) => void;
   /** A snapshot record every this many events (resume folds only the tail). */
   snapshotEvery?: number;
 }
@@ -252,6 +254,7 @@ export class RunHost {
   }
 
   private onSnapshot(snap: Snapshot) {
+    this.deps.onSnapshot?.(snap);
     const name = stateName(snap.value);
     if (name !== this.lastState) {
       this.lastState = name;

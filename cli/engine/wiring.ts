@@ -7,10 +7,25 @@ import { readSecret } from '../../config/secrets.js';
 import { FakeCapabilities, FakeImages } from '../../effects/fakes.js';
 import { FakeRuntime, type FakeFailure } from '../../effects/fake-runtime.js';
 import { FsStager, NodeHostFiles, ProcessHostEnv, SystemClock } from '../../effects/local.js';
-import type { AgentIO, AuditSink, BottlePaths, SecretReader, BuildProgress, CapabilityApplier, ContainerRuntime, ImageProvider, RunRegistry } from '../../machines/ports.js';
+import { currentAllowlist, type Proposal } from '../../machines/bottle.machine.js';
+import type {
+  AgentIO,
+  AuditSink,
+  BottlePaths,
+  BuildProgress,
+  CapabilityApplier,
+  ContainerRuntime,
+  ImageProvider,
+  IncomingProposal,
+  ProposalBoard,
+  RunRegistry,
+  SecretReader,
+} from '../../machines/ports.js';
+import { postCommand } from '../../store/mailbox.js';
+import type { Snapshot } from './fold.js';
 import type { StepDeps } from '../../machines/steps.js';
 import { readLockOwner } from '../../store/lock.js';
-import { auditDir, bottleHome, isSegment, lockFile, logsFile, perBottleDockerfile, queueDir, runDir, runsDir } from '../../store/paths.js';
+import { auditDir, bottleHome, commandsDir, isSegment, lockFile, logsFile, perBottleDockerfile, queueDir, runDir, runsDir, transcriptDir } from '../../store/paths.js';
 import type { FaultPoint } from './runner.js';
 
 /** What every command knows about where it runs; the only reader of process.env besides cli/main.ts. */
@@ -71,6 +86,7 @@ export function storePaths(home: string): BottlePaths {
     agentLog: (identity, runId) => logsFile(home, identity, runId),
     perBottleDockerfile: (identity) => perBottleDockerfile(home, identity),
     queueDir: (identity) => queueDir(home, identity),
+    transcriptDir: (identity) => transcriptDir(home, identity),
     auditDir: (identity) => auditDir(home, identity),
   };
 }
@@ -132,7 +148,34 @@ export class HostSecretReader implements SecretReader {
   }
 }
 
-export function stepDeps(ctx: CliContext, backend: Backend, opts: { io?: AgentIO; progress: BuildProgress }): StepDeps {
+/**
+ * Proposals from the supervise sidecar reach the run's owner through the store: a file in
+ * bottles/<identity>/queue/ (kept: the record of what the agent asked for) and a command in
+ * the run's mailbox (id derived from the proposal's, so a second delivery is a no-op). The
+ * view follows the machine's snapshots in this process.
+ */
+export class StoreProposalBoard implements ProposalBoard {
+  private latest: { proposals: Proposal[]; allowlist: string[] } | null = null;
+  constructor(private readonly home: string) {}
+
+  follow(snapshot: Snapshot): void {
+    const plan = snapshot.context.plan;
+    if (!plan) return;
+    this.latest = { proposals: snapshot.context.proposals, allowlist: currentAllowlist(plan, snapshot.context.proposals) };
+  }
+
+  view() {
+    return this.latest;
+  }
+
+  async submit(identity: string, runId: string, proposal: IncomingProposal): Promise<void> {
+    const dir = queueDir(this.home, identity);
+    await new NodeHostFiles().writeText(join(dir, `${proposal.id}.json`), `${JSON.stringify({ ...proposal, run: runId })}\n`);
+    postCommand(commandsDir(this.home, identity, runId), { id: `propose-${proposal.id}`, type: 'propose', proposal });
+  }
+}
+
+export function stepDeps(ctx: CliContext, backend: Backend, opts: { io?: AgentIO; progress: BuildProgress; board?: ProposalBoard }): StepDeps {
   return {
     runtime: backend.runtime,
     audit: new FileAuditSink(ctx.home),
@@ -146,6 +189,7 @@ export function stepDeps(ctx: CliContext, backend: Backend, opts: { io?: AgentIO
     capabilities: backend.capabilities,
     progress: opts.progress,
     ...(opts.io ? { io: opts.io } : {}),
+    ...(opts.board ? { board: opts.board } : {}),
   };
 }
 

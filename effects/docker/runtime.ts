@@ -328,6 +328,22 @@ export class DockerodeRuntime implements ContainerRuntime {
     return buf ? demuxBuffer(buf as Buffer).stdout.toString('utf8') : '';
   }
 
+  async readArchive(name: string, path: string, signal?: AbortSignal): Promise<Buffer | null> {
+    const stream = await this.tolerate({ op: `read ${path} from container`, object: name }, signal, [404], () =>
+      this.docker.getContainer(name).getArchive({ path, abortSignal: signal } as never),
+    );
+    if (!stream) return null;
+    const chunks: Buffer[] = [];
+    for await (const chunk of stream as unknown as AsyncIterable<Buffer>) chunks.push(chunk);
+    return Buffer.concat(chunks);
+  }
+
+  async writeArchive(name: string, dir: string, tar: Buffer, signal?: AbortSignal): Promise<void> {
+    await this.call({ op: `copy into ${dir} of container`, object: name }, signal, () =>
+      this.docker.getContainer(name).putArchive(tar, { path: dir, abortSignal: signal }),
+    );
+  }
+
   private async copyIn(id: string, spec: ContainerSpec, signal: AbortSignal | undefined): Promise<void> {
     for (const file of spec.copyIn ?? []) {
       const [body, meta] = await Promise.all([readFile(file.hostPath, signal ? { signal } : {}), stat(file.hostPath)]).catch((err: unknown) => {
