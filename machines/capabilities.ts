@@ -1,6 +1,7 @@
 import { posix } from 'node:path';
 import { BottleError } from '../config/errors.js';
 import type { Proposal, ProposalKind } from './bottle.machine.js';
+import { unifiedDiff } from './diff.js';
 import type { BottlePlan } from './plan.js';
 import type { ContainerSpec, IncomingProposal } from './ports.js';
 import {
@@ -132,6 +133,13 @@ export function watchProposals(deps: StepDeps, plan: BottlePlan, runId: string, 
         continue;
       }
       if (submitted.has(p.id) || known.has(p.id)) continue;
+      if (p.kind === 'dockerfile') {
+        // The human reviews the change as a diff against the Dockerfile in force now; the
+        // log keeps that diff, so the audit's hash of it never depends on later approvals.
+        const view = board.view();
+        const base = (await currentView(deps, plan, view?.allowlist ?? plan.allowlist, view?.proposals ?? [])).dockerfile;
+        p.change.diff = unifiedDiff(base, String(p.change.dockerfile), { a: 'Dockerfile (current)', b: `Dockerfile (proposal ${p.id})` });
+      }
       await board.submit(plan.identity, runId, p);
       submitted.add(p.id);
       deps.progress(`proposal ${p.id} (${p.kind}): ${p.reason}  -> bottle proposals ${plan.identity}`);

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { BottleError } from '../../config/errors.js';
 import { stateName } from '../../machines/bottle.machine.js';
@@ -31,15 +32,37 @@ function readRun(ctx: CliContext, identity: string, run?: string) {
   return { runId, file, records, folded: foldLog(records, file, { fromSnapshot: true }) };
 }
 
-function proposalsOf(snap: ReturnType<typeof readRun>['folded']['snapshot']) {
+type FoldedSnapshot = ReturnType<typeof readRun>['folded']['snapshot'];
+type ProposalOf = FoldedSnapshot['context']['proposals'][number];
+
+/**
+ * The hash the audit shows for a proposal's change: for a Dockerfile, of the unified diff the
+ * human reviewed; otherwise of the change as JSON.
+ */
+export function changeDigest(p: Pick<ProposalOf, 'kind' | 'change'>): string {
+  const body = p.kind === 'dockerfile' && typeof p.change.diff === 'string' ? p.change.diff : JSON.stringify(p.change);
+  return createHash('sha256').update(body).digest('hex');
+}
+
+function changeSummary(p: ProposalOf): Record<string, unknown> {
+  if (p.kind === 'allowlist') return { hosts: p.change.hosts };
+  if (p.kind === 'route') return { route: p.change.route };
+  return { diff: p.change.diff ?? null };
+}
+
+function proposalsOf(snap: FoldedSnapshot) {
   return snap.context.proposals.map((p) => ({
     id: p.id,
     kind: p.kind,
     status: p.status,
     reason: p.reason,
+    received_at: p.receivedAt,
     ...(p.decision ? { decided_by: p.decision.by, decided_at: p.decidedAt } : {}),
     ...(p.decision?.reason ? { decision_reason: p.decision.reason } : {}),
+    ...(p.decision?.secretRef ? { secret_ref: p.decision.secretRef } : {}),
     ...(p.error ? { error: p.error } : {}),
+    change: changeSummary(p),
+    change_sha256: changeDigest(p),
   }));
 }
 
@@ -160,8 +183,12 @@ export async function cmdAudit(ctx: CliContext, identity: string, opts: { json?:
           return { ...base, type: 'snapshot', events: r.eventCount };
         case 'run.started':
           return { ...base, type: 'run.started', run: r.runId, identity: r.identity, machine: r.machineVersion };
-        case 'event':
-          return { ...base, type: r.event.type, event: r.event };
+        case 'event': {
+          // A decision names its proposal's kind and the hash of the change that was decided.
+          const id = r.event.type.startsWith('proposal.') ? ((r.event as { id?: string; proposal?: { id?: string } }).id ?? (r.event as { proposal?: { id?: string } }).proposal?.id) : undefined;
+          const p = id ? folded.snapshot.context.proposals.find((x) => x.id === id) : undefined;
+          return { ...base, type: r.event.type, event: r.event, ...(p ? { proposal: p.id, kind: p.kind, change_sha256: changeDigest(p) } : {}) };
+        }
         case 'state':
           return { ...base, type: 'state', state: r.value };
         case 'effect.intent':
@@ -206,6 +233,14 @@ export async function cmdProposals(ctx: CliContext, identity: string, opts: { js
   if (opts.json) return printJson(list);
   if (list.length === 0) return info(`bottle '${identity}' has no proposals`);
   info(table([['ID', 'KIND', 'STATUS', 'REASON'], ...list.map((p) => [p.id, p.kind, p.status, p.reason])]));
+  for (const p of list.filter((x) => x.status === 'pending')) {
+    info(`\n${p.id} (${p.kind}) asks: ${p.reason}`);
+    const c = p.change as { hosts?: string[]; route?: Record<string, unknown>; diff?: string | null };
+    if (c.hosts) info(`  allow: ${c.hosts.join(', ')}`);
+    if (c.route) info(`  route: ${JSON.stringify(c.route)}`);
+    if (c.diff !== undefined) info(c.diff ? c.diff.replace(/\n$/, '') : '  (the same Dockerfile as now)');
+    info(`  decide: bottle approve ${identity} ${p.id}${p.kind === 'route' ? ' --token-env NAME' : ''}  |  bottle deny ${identity} ${p.id} --reason TEXT`);
+  }
 }
 
 export async function cmdLogs(ctx: CliContext, identity: string, opts: { run?: string }) {
