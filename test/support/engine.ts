@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateManifest, type Manifest } from '../../config/manifest.js';
 import { RunHost } from '../../cli/engine/runner.js';
-import { openBackend, stepDeps, type CliContext } from '../../cli/engine/wiring.js';
+import { openBackend, StoreProposalBoard, stepDeps, type CliContext } from '../../cli/engine/wiring.js';
+import type { Snapshot } from '../../cli/engine/fold.js';
 import { bottleIdentity } from '../../machines/names.js';
 import { createSteps } from '../../machines/steps.js';
 import { FakeRuntime, type FakeFailure } from '../../effects/fake-runtime.js';
@@ -56,8 +57,16 @@ export async function fakeHostDeps(ctx: CliContext, opts: FakeRunOpts = {}) {
   if (opts.fail) backend.runtime = new FakeRuntime(worldFile(ctx), { fail: opts.fail });
   if (opts.imagesFail) backend.images = new FakeImages(counts, true);
   if (opts.applyFail) backend.capabilities = new FakeCapabilities(counts, opts.applyFail);
-  const steps = createSteps(stepDeps(ctx, backend, { progress: () => undefined }));
-  return { home: ctx.home, steps, clock: { now: () => Date.now() }, ...(opts.onState ? { onState: opts.onState } : {}) };
+  // Wired as the CLI wires it: the proposal board follows the machine's snapshots.
+  const board = new StoreProposalBoard(ctx.home);
+  const steps = createSteps(stepDeps(ctx, backend, { progress: () => undefined, board }));
+  return {
+    home: ctx.home,
+    steps,
+    clock: { now: () => Date.now() },
+    onSnapshot: (snap: Snapshot) => board.follow(snap),
+    ...(opts.onState ? { onState: opts.onState } : {}),
+  };
 }
 
 export async function startFakeRun(ctx: CliContext, input: BottleInput, opts: FakeRunOpts = {}) {
