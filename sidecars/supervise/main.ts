@@ -1,0 +1,64 @@
+import { createSuperviseServer, lineText } from './server.js';
+
+/**
+ * The supervise sidecar: where the agent asks for more (an allowlist entry, a new Dockerfile,
+ * a cred-proxy route) and a human decides on the host. It never changes the bottle itself: it
+ * validates and queues proposals, tells the host through stdout, and reports the host's
+ * decisions back to the agent. Runs on Debian's Node 18 inside the sidecar image (zod and the
+ * manifest's field rules are bundled in). API and file protocol: see README.md beside this file.
+ *
+ * env:
+ *   BOTTLE_SIDECAR_PORT    port to listen on (default 9100)
+ *   BOTTLE_SUPERVISE_DIR   the folder the host puts current.json and decisions.json into
+ *                          (default /run/bottle/supervise); accepted proposals are kept in its
+ *                          proposals/ folder when that can be created, and reloaded on start
+ *   BOTTLE_IDENTITY        the bottle's identity (informational, in the start-up message)
+ *   BOTTLE_RUN             the run id (informational, in the start-up message)
+ *
+ * stdout: one JSON document per line, for the host, and nothing else:
+ *   {"source":"supervise","type":"proposal","at":ISO,"proposal":{"id","kind","reason","change"}}
+ *   once per accepted proposal, and
+ *   {"source":"supervise","type":"rejected","at":ISO,"status":400|429,"error":TEXT}
+ *   once per refused one (never anything the agent wrote).
+ * stderr: diagnostics for a human.
+ *
+ * Exits 2 on a bad port and 1 when it cannot listen. A missing current.json is not fatal:
+ * /healthz answers 503 until the host has put one there.
+ */
+
+const env = process.env;
+const die = (message: string, code = 1): never => {
+  process.stderr.write(`supervise: ${message}\n`);
+  process.exit(code);
+};
+
+const portText = env.BOTTLE_SIDECAR_PORT ?? '9100';
+const port = /^\d+$/.test(portText) && Number(portText) >= 1 && Number(portText) <= 65535 ? Number(portText) : die(`BOTTLE_SIDECAR_PORT must be a port number, got '${portText}'`, 2);
+const dir = (env.BOTTLE_SUPERVISE_DIR || '/run/bottle/supervise').replace(/\/+$/, '') || '/';
+const identity = env.BOTTLE_IDENTITY || undefined;
+const run = env.BOTTLE_RUN || undefined;
+
+const server = createSuperviseServer({
+  dir,
+  emit: (line) => void process.stdout.write(lineText(line)),
+  log: (message) => void process.stderr.write(`${message}\n`),
+});
+
+server.on('error', (err) => die(`cannot listen on port ${port}: ${err.message}`));
+server.listen(port, () => {
+  const who = [identity ? `bottle ${identity}` : '', run ? `run ${run}` : ''].filter((w) => w !== '').join(', ');
+  const kept = server.store.persistent ? `${dir}/proposals` : 'memory only';
+  process.stderr.write(
+    `supervise: listening on ${port}${who ? ` for ${who}` : ''}; files from ${dir}; ${server.store.size} proposal(s) known, kept in ${kept}; ` +
+      `${server.current.last() === undefined ? 'waiting for current.json' : 'current.json read'}\n`,
+  );
+});
+
+// PID 1 in a container gets no default signal handling: without this, `docker stop` waits out its timeout.
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(signal, () => {
+    server.close(() => process.exit(0));
+    server.closeAllConnections?.();
+    setTimeout(() => process.exit(0), 1000).unref();
+  });
+}
