@@ -15,6 +15,7 @@ import {
   type Target,
 } from './policy.js';
 import { createSecretScanner, type Detection, type SecretsConfig } from './secrets.js';
+import { cachedResolver, dial, type PooledRequestOptions, UpstreamError, UpstreamPool, type VettedTarget } from './upstream.js';
 
 export type { AuditLog, AuditRecord } from './audit.js';
 export { openAuditLog } from './audit.js';
@@ -73,6 +74,12 @@ export interface EgressProxyOptions {
   idleTimeoutMs?: number;
   /** Time allowed to connect to the upstream (ms); default 10 000. */
   connectTimeoutMs?: number;
+  /** Idle plain-HTTP upstream connections kept per vetted target (see upstream.ts UpstreamPool); default 16. */
+  upstreamMaxIdle?: number;
+  /** An idle pooled upstream connection is closed after this long (ms); default 4 000 (less when the upstream announces less). */
+  upstreamIdleMs?: number;
+  /** A name's resolution is reused for this long (ms), its addresses checked again on each use; default 5 000; 0 resolves every request. */
+  resolveCacheMs?: number;
   /** Largest request head accepted (bytes); default 16 KiB; larger gets 431. */
   maxHeaderSize?: number;
   /** Clock for audit records; default Date.now. */
@@ -86,6 +93,8 @@ export interface EgressProxy extends http.Server {
   setAllowlist(entries: readonly string[]): Policy;
   /** The policy in force. */
   readonly policy: Policy;
+  /** Plain-HTTP upstream connections open now: idle in the pool, and in use. */
+  upstreamConnections(): { idle: number; busy: number };
 }
 
 const HOP_BY_HOP = new Set([
@@ -123,51 +132,6 @@ async function defaultResolve(host: string): Promise<string[]> {
   return found.map((a) => a.address);
 }
 
-class UpstreamError extends Error {
-  constructor(
-    message: string,
-    readonly status: number,
-    readonly code: string,
-  ) {
-    super(message);
-  }
-}
-
-function connectOnce(address: string, port: number, timeoutMs: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    // noDelay: a tunnel relays whatever the client wrote at once; Nagle on this side held a
-    // request's second write back by ~40 ms (docs/benchmarks.md, egress).
-    const socket = net.connect({ host: address, port, noDelay: true });
-    const fail = (err: Error) => {
-      socket.destroy();
-      reject(err);
-    };
-    const timer = setTimeout(() => fail(new UpstreamError(`connecting to ${address} timed out`, 504, 'ETIMEDOUT')), timeoutMs);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.removeListener('error', onError);
-      resolve(socket);
-    });
-    const onError = (err: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      fail(new UpstreamError(`connecting to ${address}: ${err.code ?? err.message}`, 502, err.code ?? 'ECONNECT'));
-    };
-    socket.once('error', onError);
-  });
-}
-
-/** Tries each vetted address in turn. */
-async function dial(addresses: readonly string[], port: number, timeoutMs: number): Promise<{ socket: net.Socket; address: string }> {
-  let last: unknown;
-  for (const address of addresses) {
-    try {
-      return { socket: await connectOnce(address, port, timeoutMs), address };
-    } catch (err) {
-      last = err;
-    }
-  }
-  throw last;
-}
 
 const TEXT = 'text/plain; charset=utf-8';
 
@@ -175,6 +139,8 @@ const TEXT = 'text/plain; charset=utf-8';
 const SCAN_SLICE = 8 * 1024;
 /** Checked body bytes kept while the upstream connection is being made; past this the client is paused. */
 const PENDING_LIMIT = 64 * 1024;
+/** Idempotent methods (RFC 9110 9.2.2): sent again once when a reused upstream connection was found closed. */
+const RETRIABLE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
 /** The audit fields, reason and refusal text for a credential seen in a request. */
 function credentialFound(d: Detection, where: string, method: string, target: string) {
@@ -224,7 +190,8 @@ interface Refused {
 
 export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
   const now = opts.now ?? Date.now;
-  const resolve = opts.resolve ?? defaultResolve;
+  const resolver = cachedResolver(opts.resolve ?? defaultResolve, opts.resolveCacheMs ?? 5_000);
+  const resolve = resolver.resolve;
   const deny = opts.deny ?? [];
   const isForbidden = opts.isForbidden ?? ((ip: string) => forbiddenAddress(ip, deny));
   const bottle = opts.bottle ?? '<bottle>';
@@ -235,6 +202,12 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
   const idleTimeout = opts.idleTimeoutMs ?? 600_000;
   const connectTimeout = opts.connectTimeoutMs ?? 10_000;
   let policy = createPolicy(opts.allowlist ?? []);
+  const pool = new UpstreamPool({
+    connectTimeoutMs: connectTimeout,
+    maxIdlePerTarget: opts.upstreamMaxIdle ?? 16,
+    idleMs: opts.upstreamIdleMs ?? 4_000,
+    allowed: (host, port) => policy.decide({ host, port }).allowed,
+  });
   const secrets = createSecretScanner(opts.secrets);
 
   const server = http.createServer({
@@ -388,14 +361,20 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     let address: string | undefined;
     let error: string | undefined;
     let done = false;
-    let upstreamSocket: net.Socket | undefined;
+    /** The upstream request: made once the target is vetted; it gets a connection from the pool. */
     let upstream: http.ClientRequest | undefined;
+    /** Whether `upstream` has its connection (body bytes go out from then on). */
+    let connected = false;
+    /** The upstream's response ended (its connection can go back to the pool). */
+    let responseEnded = false;
     /** A credential seen in the body: the request is refused and the upstream request aborted. */
     let alarm: ReturnType<typeof credentialFound> | undefined;
     const end = () => {
       if (done) return;
       done = true;
-      upstreamSocket?.destroy();
+      // An exchange that did not end cleanly takes its connection with it: only a request that
+      // went out whole and got its whole answer leaves a connection to the pool.
+      if (upstream && !(responseEnded && upstream.writableFinished)) upstream.destroy();
       req.resume(); // whatever is left of the body is read and dropped
       finish({
         decision: alarm ? 'deny' : 'allow',
@@ -426,9 +405,10 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     };
 
     // ---- the body: checked before it is forwarded --------------------------------------
-    // Read from now on (while the name is resolved and the upstream dialled), a slice at a
-    // time; what passed the check waits in `pending` until the upstream request exists, up to
-    // PENDING_LIMIT, and then goes out with the client paused whenever the upstream pushes back.
+    // Read from now on (while the name is resolved and the upstream connection found or made), a
+    // slice at a time; what passed the check waits in `pending` until the upstream request has
+    // its connection, up to PENDING_LIMIT, and then goes out with the client paused whenever the
+    // upstream pushes back.
     const scan = secrets.body();
     const input: Buffer[] = [];
     let inputEnded = false;
@@ -443,7 +423,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     };
     const emit = (b: Buffer) => {
       if (b.length === 0) return;
-      if (upstream === undefined) {
+      if (!connected || upstream === undefined) {
         pending.push(b);
         pendingBytes += b.length;
         if (pendingBytes >= PENDING_LIMIT) outputBlocked = true;
@@ -459,9 +439,9 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       alarm = found;
       input.length = 0;
       pending = [];
-      // Nothing more reaches the upstream: the request is aborted mid-body (or never made).
+      // Nothing more reaches the upstream: the request is aborted mid-body (or never sent), and
+      // its connection closed with it.
       upstream?.destroy();
-      upstreamSocket?.destroy();
       log(found.log);
       if (!res.headersSent) {
         status = 403;
@@ -505,7 +485,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       if (inputEnded) {
         emit(scan.end());
         bodyDone = true;
-        upstream?.end();
+        if (connected) upstream?.end();
         return;
       }
       req.resume();
@@ -519,6 +499,94 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       inputEnded = true;
       drive();
     });
+
+    // ---- the upstream exchange ---------------------------------------------------------
+    const headers = endToEndHeaders(req.headers, ['host']);
+    headers.host = hostHeader ?? authority;
+    const path = (m[2] ?? '/').startsWith('?') ? `/${m[2]}` : (m[2] ?? '/');
+    let sentContinue = false;
+    let retried = false;
+    /**
+     * Sends the request on a pooled connection to the vetted target (pool.createConnection dials
+     * one of `vetted.addresses` when none is idle). Once: again only when a reused connection
+     * turned out to be closed by the upstream before it answered a request without a body.
+     */
+    const send = (vetted: VettedTarget) => {
+      connected = false;
+      const options: PooledRequestOptions = {
+        agent: pool,
+        vetted,
+        host: vetted.addresses[0], // an address, never a name: nothing here ever resolves
+        port: target.port,
+        method,
+        path,
+        headers,
+        setHost: false,
+        timeout: idleTimeout,
+      };
+      const request = http.request(options);
+      upstream = request;
+      request.on('socket', (socket) => {
+        if (upstream !== request || done || alarm) return;
+        connected = true;
+        address = pool.addressOf(socket) ?? address;
+        // What was checked meanwhile goes out first, then the body carries on (or ends).
+        const checked = pending;
+        pending = [];
+        pendingBytes = 0;
+        outputBlocked = false;
+        for (const b of checked) emit(b);
+        if (bodyDone) request.end();
+        if (expectsContinue && !sentContinue && !res.headersSent) {
+          sentContinue = true;
+          res.writeContinue();
+        }
+        drive();
+      });
+      request.on('timeout', () => {
+        error ??= 'upstream idle timeout';
+        failWith(504, 'the upstream did not answer in time');
+        request.destroy();
+      });
+      request.on('error', (err: NodeJS.ErrnoException) => {
+        if (upstream !== request) return;
+        if (
+          !retried &&
+          request.reusedSocket &&
+          status === 0 &&
+          bodyDone &&
+          bytesUp === 0 &&
+          RETRIABLE_METHODS.has(method) &&
+          (err.code === 'ECONNRESET' || err.code === 'EPIPE' || err.code === 'ECONNABORTED') &&
+          !done &&
+          !alarm
+        ) {
+          // The upstream closed an idle connection as we reused it: its other idle ones are
+          // likely gone too. The request had no body and no answer: sent again, once.
+          retried = true;
+          pool.dropIdle(UpstreamPool.key(vetted));
+          send(vetted);
+          return;
+        }
+        if (err instanceof UpstreamError) failWith(err.status, err.message);
+        else failWith(502, `upstream error: ${err.code ?? err.message}`);
+      });
+      request.on('response', (ures) => {
+        if (upstream !== request) return;
+        status = ures.statusCode ?? 502;
+        const hint = ures.headers['keep-alive'];
+        if (hint !== undefined) pool.noteKeepAlive(request.socket, String(hint));
+        res.writeHead(status, ures.statusMessage, endToEndHeaders(ures.headers));
+        ures.on('data', (chunk: Buffer) => {
+          bytesDown += chunk.length;
+        });
+        ures.on('end', () => {
+          responseEnded = true;
+        });
+        ures.on('error', () => res.destroy());
+        ures.pipe(res);
+      });
+    };
 
     void (async () => {
       const vetted = await vet(target);
@@ -535,53 +603,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
         failWith(vetted.status, vetted.reason);
         return;
       }
-      let dialled: { socket: net.Socket; address: string };
-      try {
-        dialled = await dial(vetted.addresses, target.port, connectTimeout);
-      } catch (err) {
-        const e = err as UpstreamError;
-        failWith(e.status ?? 502, e.message);
-        return;
-      }
-      address = dialled.address;
-      upstreamSocket = dialled.socket;
-      if (alarm || res.destroyed || done) {
-        dialled.socket.destroy();
-        return;
-      }
-      dialled.socket.setTimeout(idleTimeout, () => {
-        error ??= 'upstream idle timeout';
-        failWith(504, 'the upstream did not answer in time');
-      });
-      const headers = endToEndHeaders(req.headers, ['host']);
-      headers.host = hostHeader ?? authority;
-      const request = http.request({
-        method,
-        path: (m[2] ?? '/').startsWith('?') ? `/${m[2]}` : (m[2] ?? '/'),
-        headers,
-        setHost: false,
-        createConnection: () => dialled.socket,
-      });
-      request.on('error', (err: NodeJS.ErrnoException) => failWith(502, `upstream error: ${err.code ?? err.message}`));
-      request.on('response', (ures) => {
-        status = ures.statusCode ?? 502;
-        res.writeHead(status, ures.statusMessage, endToEndHeaders(ures.headers));
-        ures.on('data', (chunk: Buffer) => {
-          bytesDown += chunk.length;
-        });
-        ures.on('error', () => res.destroy());
-        ures.pipe(res);
-      });
-      // What was checked while dialling goes out first, then the body carries on (or ends).
-      upstream = request;
-      const checked = pending;
-      pending = [];
-      pendingBytes = 0;
-      outputBlocked = false;
-      for (const b of checked) emit(b);
-      if (bodyDone) request.end();
-      if (expectsContinue) res.writeContinue();
-      drive();
+      send({ host: target.host, port: target.port, addresses: vetted.addresses });
     })().catch((err: Error) => {
       log(`egress: internal error on ${method} ${where}: ${err.stack ?? err.message}`);
       failWith(500, 'internal error');
@@ -782,7 +804,13 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
   Object.defineProperty(server, 'policy', { get: () => policy, enumerable: true });
   server.setAllowlist = (entries: readonly string[]) => {
     policy = createPolicy(entries);
+    // Every request is decided against the new policy before it reaches the pool; idle
+    // connections to a target it no longer allows are closed now, busy ones when they end.
+    pool.dropDisallowed();
+    resolver.clear();
     return policy;
   };
+  server.upstreamConnections = () => pool.counts();
+  server.on('close', () => pool.destroy());
   return server;
 }

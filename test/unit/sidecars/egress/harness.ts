@@ -70,6 +70,10 @@ export async function startHttpUpstream(handler?: (req: http.IncomingMessage, re
     get connections() {
       return connections;
     },
+    /** Connections open now (the proxy's pooled ones among them). */
+    get open() {
+      return sockets.size;
+    },
   };
 }
 
