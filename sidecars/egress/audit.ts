@@ -47,11 +47,6 @@ export interface AuditLog {
   close(): void;
 }
 
-/**
- * Appends audit lines to `file` (created with its folder if missing), one write(2) per line
- * on an O_APPEND descriptor, so lines never interleave with another writer's; or to stdout
- * when `file` is undefined. Throws at once when the file cannot be opened.
- */
 const ORDER = ['at', 'client', 'method', 'host', 'port', 'decision', 'rule', 'reason', 'bytes_up', 'bytes_down', 'duration_ms', 'status', 'alarm', 'token_fp', 'address', 'error', 'run'] as const;
 
 /** The record as one JSON line, its fields always in the same order. */
@@ -61,20 +56,57 @@ export function auditLine(r: AuditRecord): string {
   return `${JSON.stringify(out)}\n`;
 }
 
+/** Buffered lines past this size are written at once rather than at the end of the event-loop turn. */
+const FLUSH_BYTES = 64 * 1024;
+
+/**
+ * Appends audit lines to `file` (created with its folder if missing) on an O_APPEND descriptor,
+ * or to stdout when `file` is undefined. Throws at once when the file cannot be opened.
+ *
+ * The lines of one event-loop turn are written together, in one write(2) (file) or one
+ * stdout write, at the end of that turn (setImmediate), or at once past 64 KiB: a complete
+ * line per record, whole lines only, so lines never interleave with another writer's. A line is
+ * out before the client can read the answer it records (the answer is read on a later turn).
+ * close() and the process's 'exit' write what is still buffered.
+ */
 export function openAuditLog(file: string | undefined, extra: { run?: string } = {}): AuditLog {
   const stamp = (r: AuditRecord): string => auditLine(extra.run === undefined ? r : { ...r, run: extra.run });
-  if (file === undefined) {
-    return { write: (r) => void process.stdout.write(stamp(r)), close: () => undefined };
+  let fd: number | undefined;
+  if (file !== undefined) {
+    mkdirSync(dirname(file), { recursive: true });
+    fd = openSync(file, 'a', 0o640);
   }
-  mkdirSync(dirname(file), { recursive: true });
-  let fd: number | undefined = openSync(file, 'a', 0o640);
+  let buffered = '';
+  let scheduled = false;
+  let closed = false;
+  const flush = () => {
+    scheduled = false;
+    if (buffered === '') return;
+    const text = buffered;
+    buffered = '';
+    if (file === undefined) process.stdout.write(text);
+    else if (fd !== undefined) {
+      const bytes = Buffer.from(text);
+      let off = 0;
+      while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
+    }
+  };
+  process.on('exit', flush);
   return {
     write(r) {
-      if (fd === undefined) return;
-      const line = Buffer.from(stamp(r));
-      writeSync(fd, line, 0, line.length);
+      if (closed) return;
+      buffered += stamp(r);
+      if (buffered.length >= FLUSH_BYTES) flush();
+      else if (!scheduled) {
+        scheduled = true;
+        setImmediate(flush);
+      }
     },
     close() {
+      if (closed) return;
+      flush();
+      closed = true;
+      process.removeListener('exit', flush);
       if (fd !== undefined) closeSync(fd);
       fd = undefined;
     },
