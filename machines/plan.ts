@@ -111,7 +111,8 @@ export interface BottlePlan {
   skills: string[];
   /** Routes with their secret refs (names, never values; file refs resolved to absolute paths). */
   routes: PlannedRoute[];
-  git: { name: string; upstream: string; push: string[] }[];
+  /** Remotes of the git gate with their secret refs (names, never values; file refs resolved to absolute paths). */
+  git: PlannedGitRemote[];
   supervise: boolean;
   tty: boolean;
 }
@@ -123,6 +124,16 @@ export interface PlannedRoute {
   roles: string[];
   inject: { header: string; format: string };
   token: PlannedSecretRef;
+  ca?: { file: string };
+}
+
+export interface PlannedGitRemote {
+  name: string;
+  upstream: string;
+  push: string[];
+  key?: PlannedSecretRef;
+  known_hosts?: PlannedSecretRef;
+  token?: PlannedSecretRef;
   ca?: { file: string };
 }
 
@@ -277,7 +288,18 @@ export function buildPlan(input: PlanInput, world: WorldFacts): BottlePlan {
         ...(r.ca ? { ca: { file: resolveManifestPath(input.manifestDir, r.ca.file, input.homeDir) } } : {}),
       };
     }),
-    git: bottle.git.map((g) => ({ name: g.name, upstream: g.upstream, push: [...g.push] })),
+    git: bottle.git.map((g) => {
+      const ref = (x: { file: string } | { env: string }) => ('file' in x ? { file: resolveManifestPath(input.manifestDir, x.file, input.homeDir) } : { env: x.env });
+      return {
+        name: g.name,
+        upstream: g.upstream,
+        push: [...g.push],
+        ...(g.key ? { key: ref(g.key) } : {}),
+        ...(g.known_hosts ? { known_hosts: ref(g.known_hosts) } : {}),
+        ...(g.token ? { token: ref(g.token) } : {}),
+        ...(g.ca ? { ca: { file: resolveManifestPath(input.manifestDir, g.ca.file, input.homeDir) } } : {}),
+      };
+    }),
     supervise: bottle.supervise,
     tty: input.tty ?? false,
   };

@@ -1,4 +1,5 @@
 import { placeholderToken, PROMPT_PATH, type BottlePlan, type SidecarPlan } from './plan.js';
+import { GIT_GATE_CONFIG_PATH } from './git-gate.js';
 import { type ContainerSpec, type FileToPut, LABEL, type Labels, type Role } from './ports.js';
 
 /**
@@ -96,6 +97,7 @@ export function sidecarSpec(
         : {}),
       ...(sidecar.role === 'cred-proxy' ? { BOTTLE_CRED_ROUTES: CRED_ROUTES_PATH, BOTTLE_CRED_PLACEHOLDER: placeholderToken(runId) } : {}),
       ...(sidecar.role === 'supervise' ? { BOTTLE_SUPERVISE_DIR: SUPERVISE_DIR } : {}),
+      ...(sidecar.role === 'git-gate' ? { BOTTLE_GIT_GATE_CONFIG: GIT_GATE_CONFIG_PATH } : {}),
     },
     cmd: [`/opt/bot-bottle/sidecars/${sidecarProgram(sidecar.role)}.mjs`],
     mounts: [],
@@ -138,7 +140,7 @@ export function credProxyFiles(plan: BottlePlan, read: (ref: { file: string } | 
 
 /** Which program each sidecar runs; roles without their own program yet run the placeholder. */
 export function sidecarProgram(role: SidecarPlan['role']): string {
-  const implemented: SidecarPlan['role'][] = ['egress', 'cred-proxy', 'supervise'];
+  const implemented: SidecarPlan['role'][] = ['egress', 'cred-proxy', 'supervise', 'git-gate'];
   return implemented.includes(role) ? role : 'placeholder';
 }
 

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { gitGateFiles } from './git-gate.js';
 import { BottleError, toErrorData } from '../config/errors.js';
 import type { CreatedResource, Proposal, ResolveOutput, StepError, StepId } from './bottle.machine.js';
 import type { BottlePlan } from './plan.js';
@@ -192,12 +193,14 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
         // The real tokens reach the cred-proxy's container through the Docker API, read from
         // their refs now: never a staged host file, an env var or a log record.
         if (s.role === 'cred-proxy') await runtime.putFiles(s.name, credProxyFiles(plan, read), signal);
+        // The git gate's keys, known_hosts, tokens and CAs take the same way, to the gate alone.
+        if (s.role === 'git-gate') await runtime.putFiles(s.name, gitGateFiles(plan, read), signal);
         // The supervise sidecar is healthy once it knows what the agent may propose against.
         if (s.role === 'supervise') await runtime.putFiles(s.name, superviseFiles({ current: await currentView(deps, plan, plan.allowlist, []), decisions: [] }), signal);
         await runtime.startContainer(s.name, signal);
         // The egress proxy is healthy only once it has read its allowlist, the cred-proxy once
         // it has read every token: a sidecar without its policy fails the start.
-        const readiness = s.role === 'egress' || s.role === 'cred-proxy' || s.role === 'supervise' ? { kind: 'http' as const, port: s.port, path: '/healthz' } : { kind: 'tcp' as const, port: s.port };
+        const readiness = s.role === 'egress' || s.role === 'cred-proxy' || s.role === 'supervise' || s.role === 'git-gate' ? { kind: 'http' as const, port: s.port, path: '/healthz' } : { kind: 'tcp' as const, port: s.port };
         await runtime.waitReady(s.name, readiness, deadline, signal);
       }),
     ]);
@@ -364,7 +367,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     switch (r.kind) {
       case 'container':
         // Sidecars write their audit lines to stdout; they are kept before the container goes.
-        if (r.role === 'egress' || r.role === 'cred-proxy' || r.role === 'supervise') await collectAudit(identity, r.name, r.role, signal);
+        if (r.role === 'egress' || r.role === 'cred-proxy' || r.role === 'supervise' || r.role === 'git-gate') await collectAudit(identity, r.name, r.role, signal);
         await runtime.removeContainer(r.name, signal);
         break;
       case 'network':

@@ -58,6 +58,8 @@ function imageOptionsFor(plan: BottlePlan, root: string) {
   if (src.kind === 'dockerfile') opts.agentDockerfile = src.dockerfile;
   if (src.kind === 'per-bottle') opts.perBottleDockerfile = src.dockerfile;
   if (plan.cwd !== null) opts.cwd = plan.cwd;
+  // The --cwd copy's .git/config: the declared remotes point at the git gate, nothing else is kept.
+  if (plan.cwd !== null) opts.gitRemotes = plan.git.map((g) => g.name);
   if (plan.skills.length > 0) opts.skills = plan.skills;
   opts.aliases = {
     ...(src.kind === 'dockerfile' ? { agent: plan.images.image } : {}),

@@ -5,7 +5,8 @@ import type { BuildProgress, ImageBuilder, Labels } from '../../machines/ports.j
 import { BASE_BOOTSTRAP_TAG } from './image-base.js';
 import { claudeCodeMissingNote } from './image-claude-code.js';
 import { type BuildSpec, type ContextSource, contentTag } from './image-context.js';
-import { dockerignoreLines } from './image-ignore.js';
+import { dockerignoreLines, ignoreMatcher } from './image-ignore.js';
+import { WORKSPACE_GIT_IGNORES, workspaceGitConfig } from '../../machines/git-gate.js';
 
 /**
  * Which images `bottle images build` and `bottle run` need, each under a content tag
@@ -63,6 +64,11 @@ export interface ImageBuildPlanOptions {
   cwd?: string;
   /** Ignore file for the --cwd copy; default <cwd>/.bottleignore (absent means nothing ignored). */
   bottleIgnore?: string;
+  /**
+   * The bottle's declared git remotes: the --cwd copy's .git/config is rewritten so that these
+   * (and only these) point at the git gate; the project's own remotes and credentials stay out.
+   */
+  gitRemotes?: readonly string[];
   /** Skill folders to copy to ~/.claude/skills/<basename>. */
   skills?: readonly string[];
   /** Claude Code tarball from packClaudeCode/findCachedClaudeCode; absent leaves it out. */
@@ -205,7 +211,10 @@ async function derivedImage(from: string, opts: ImageBuildPlanOptions, skills: r
   if (opts.cwd !== undefined) {
     const ignoreFile = opts.bottleIgnore ?? path.join(opts.cwd, '.bottleignore');
     const ignore = await readOptional(ignoreFile);
-    sources.push({ dir: opts.cwd, at: 'workspace', ignore: ignore === null ? [] : ignore.split('\n') });
+    const ignoreLines = ignore === null ? [] : ignore.split('\n');
+    const gitConfig = await workspaceGitConfigFor(opts.cwd, ignoreLines, opts.gitRemotes ?? []);
+    sources.push({ dir: opts.cwd, at: 'workspace', ignore: gitConfig === null ? ignoreLines : [...ignoreLines, ...WORKSPACE_GIT_IGNORES] });
+    if (gitConfig !== null) sources.push({ content: gitConfig, at: 'workspace/.git/config' });
     lines.push(`COPY --chown=${AGENT_UID}:${AGENT_UID} workspace/ /workspace/`);
   }
   if (skills.length > 0) {
@@ -226,6 +235,17 @@ async function derivedImage(from: string, opts: ImageBuildPlanOptions, skills: r
     lines.push(`COPY --chown=${AGENT_UID}:${AGENT_UID} skills/ /home/agent/.claude/skills/`);
   }
   return planned('derived', IMAGE_REPOS.derived, { dockerfile: `${lines.join('\n')}\n`, context: { sources } }, { labels, alias: opts.aliases?.derived, parent: from });
+}
+
+/**
+ * The workspace's .git/config (see machines/git-gate.ts), or null when the project has no
+ * .git/config of its own that the copy would take.
+ */
+async function workspaceGitConfigFor(cwd: string, ignoreLines: readonly string[], remotes: readonly string[]): Promise<string | null> {
+  const matcher = ignoreMatcher(ignoreLines);
+  if (matcher.ignores('.git', true) || matcher.ignores('.git/config', false)) return null;
+  const original = await readOptional(path.join(cwd, '.git', 'config')).catch(() => null);
+  return original === null ? null : workspaceGitConfig(original, remotes);
 }
 
 /** An ImageBuilder that can also give an image a second name. */
