@@ -57,3 +57,23 @@ export function auditLine(r: AuditRecord): string {
   for (const k of ORDER) if (r[k] !== undefined) out[k] = r[k];
   return `${JSON.stringify(out)}\n`;
 }
+
+/**
+ * A change of the routes file while the proxy runs, written as one JSON line on stdout beside
+ * the request lines: `reloaded` with the route paths now in force, or `rejected` with why (the
+ * routes in force stay as they were). Never a token: the routes file holds none, and `error`
+ * is redacted before the line is written.
+ */
+export type RoutesRecord =
+  | { type: 'routes'; decision: 'reloaded'; routes: string[]; at: number; run?: string }
+  | { type: 'routes'; decision: 'rejected'; error: string; at: number; run?: string };
+
+const ROUTES_ORDER = ['type', 'decision', 'routes', 'error', 'at', 'run'] as const;
+
+/** The record as one JSON line, its fields always in the same order. */
+export function routesLine(r: RoutesRecord): string {
+  const out: Record<string, unknown> = {};
+  const fields = r as Partial<Record<(typeof ROUTES_ORDER)[number], unknown>>;
+  for (const k of ROUTES_ORDER) if (fields[k] !== undefined) out[k] = fields[k];
+  return `${JSON.stringify(out)}\n`;
+}

@@ -1,7 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { auditLine } from './audit.js';
+import { auditLine, type RoutesRecord, routesLine } from './audit.js';
 import { createCredProxy } from './proxy.js';
+import { redactText } from './redact.js';
+import { RoutesReloader } from './reload.js';
 import { parseRoutes, type Route } from './routes.js';
 import { TokenStore } from './tokens.js';
 
@@ -14,7 +16,7 @@ import { TokenStore } from './tokens.js';
  * env:
  *   BOTTLE_CRED_ROUTES       the routes file (default /run/bottle/cred-proxy/routes.json):
  *                            {"routes": [{"path", "upstream", "inject": {"header", "format"},
- *                            "roles", "token_file", "ca_file"?}]}; read once at start
+ *                            "roles", "token_file", "ca_file"?}]}; re-read when it changes
  *   BOTTLE_SIDECAR_PORT      port to listen on (default 9099); GET /healthz answers there too
  *   BOTTLE_CRED_PLACEHOLDER  the placeholder the agent holds (optional, 8+ characters): never
  *                            forwarded (a header carrying it is dropped, a request target
@@ -25,14 +27,24 @@ import { TokenStore } from './tokens.js';
  * (fs.watch on its folder, plus a poll every 500 ms), so a rotated token is used by the next
  * request without a restart; replace it by renaming a new file into place.
  *
- * stdout: `ready` once listening, then one JSON audit line per request (see audit.ts).
+ * The routes file is watched the same way (see reload.ts): when the engine adds a route to a
+ * running bottle it writes the route's token file, then a whole new routes file. The new
+ * routes are checked as at start, and every token file new to the proxy must hold a token;
+ * then they are put in force in one swap, without a restart: open connections stay, a request
+ * in flight keeps the route it matched, the next request sees the new routes (a route gone
+ * from the file answers 404 like any unknown path). A bad routes file changes nothing: the
+ * routes in force stay, and the rejection is reported.
+ *
+ * stdout: `ready` once listening, then one JSON audit line per request (see audit.ts), and one
+ * per change of the routes file: {"type":"routes","decision":"reloaded","routes":[paths],"at"}
+ * or {"type":"routes","decision":"rejected","error","at"}.
  * stderr: diagnostics. Neither ever holds a token; a token appears only as its fingerprint
  * (the first 8 hex digits of its sha256).
  *
  * Fails closed: an unreadable or invalid routes file, token file or CA file, a bad port or a
  * bad placeholder exits non-zero before listening (1: a file cannot be read or used,
  * 2: invalid configuration). Later, /healthz answers 503 and the route's requests 503 while
- * a token file cannot be read.
+ * a token file of a route in force cannot be read.
  */
 
 const env = process.env;
@@ -61,8 +73,10 @@ if (!parsed.ok) die(`invalid routes file ${routesPath}:\n  ${parsed.errors.join(
 const routes = (parsed as { ok: true; routes: Route[] }).routes;
 if (routes.length === 0) die(`the routes file ${routesPath} declares no route`, 2);
 
+let proxy: ReturnType<typeof createCredProxy> | undefined;
+// The routes in force: those of the file at start until a reload replaces them.
 const routesOf = (file: string) =>
-  routes
+  (proxy?.routes() ?? routes)
     .filter((r) => r.tokenFile === file)
     .map((r) => r.path)
     .join(', ');
@@ -79,7 +93,6 @@ if (problems.length > 0) {
   die(`refusing to start without every token:\n  ${problems.map((p) => `route ${routesOf(p.file)}: ${p.error}`).join('\n  ')}`);
 }
 
-let proxy: ReturnType<typeof createCredProxy>;
 try {
   proxy = createCredProxy({
     routes,
@@ -94,22 +107,45 @@ try {
   die(`cannot load an upstream CA bundle: ${e.code ? `${e.path ?? ''} (${e.code})` : e.message}`);
 }
 
-proxy!.on('error', (err) => die(`cannot listen on port ${port}: ${err.message}`));
-proxy!.listen(port, () => {
-  for (const r of routes) {
-    const fp = tokens.get(r.tokenFile);
-    process.stderr.write(`cred-proxy: route ${r.path} -> ${r.upstream.origin}${r.upstream.basePath} (${r.inject.header}, token ${fp.ok ? fp.fp : '?'})\n`);
-  }
+const server = proxy!;
+const describeRoute = (r: Route) => {
+  const fp = tokens.get(r.tokenFile);
+  return `route ${r.path} -> ${r.upstream.origin}${r.upstream.basePath} (${r.inject.header}, token ${fp.ok ? fp.fp : '?'})`;
+};
+const routesAudit = (record: RoutesRecord) => void process.stdout.write(routesLine(run === undefined ? record : { ...record, run }));
+
+let reloader: RoutesReloader | undefined;
+server.on('error', (err) => die(`cannot listen on port ${port}: ${err.message}`));
+server.listen(port, () => {
+  for (const r of routes) process.stderr.write(`cred-proxy: ${describeRoute(r)}\n`);
   process.stderr.write(`cred-proxy: listening on ${port}, ${routes.length} route(s) from ${routesPath}\n`);
   process.stdout.write('ready\n');
+  reloader = new RoutesReloader({
+    file: routesPath,
+    initialText: routesText,
+    proxy: server,
+    tokens,
+    onReload: (now, { added, removed }) => {
+      for (const r of added) process.stderr.write(`cred-proxy: added ${describeRoute(r)}\n`);
+      for (const r of removed) process.stderr.write(`cred-proxy: removed route ${r.path}\n`);
+      process.stderr.write(`cred-proxy: routes reloaded from ${routesPath}: ${now.length} route(s)\n`);
+      routesAudit({ type: 'routes', decision: 'reloaded', routes: now.map((r) => r.path), at: Date.now() });
+    },
+    onReject: (error) => {
+      const safe = redactText(error, tokens.secrets());
+      process.stderr.write(`cred-proxy: the changed routes file is not used, the routes in force stay: ${safe}\n`);
+      routesAudit({ type: 'routes', decision: 'rejected', error: safe, at: Date.now() });
+    },
+  });
 });
 
 // PID 1 in a container gets no default signal handling: without this, `docker stop` waits out its timeout.
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => {
+    reloader?.close();
     tokens.close();
-    proxy.close(() => process.exit(0));
-    proxy.closeAllConnections?.();
+    server.close(() => process.exit(0));
+    server.closeAllConnections?.();
     setTimeout(() => process.exit(0), 1000).unref();
   });
 }

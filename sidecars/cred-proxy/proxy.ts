@@ -40,6 +40,8 @@ export type { AuditRecord } from './audit.js';
  *   a token.
  * - GET/HEAD /healthz answers 200 while every route has its token, 503 otherwise; it is never
  *   routed.
+ * - The routes can be replaced while serving (`setRoutes`): one swap, seen whole by the next
+ *   request; a request already in flight keeps the route (and upstream connection) it matched.
  */
 
 export interface TokenSource {
@@ -78,6 +80,15 @@ export interface CredProxyOptions {
 export interface CredProxy extends http.Server {
   /** Closes the keep-alive connections to the upstreams as well. */
   closeUpstreams(): void;
+  /** The routes in force. */
+  routes(): readonly Route[];
+  /**
+   * Puts new routes in force for the next request. Throws, changing nothing, when a new
+   * route's upstream agent cannot be built (its CA bundle cannot be read or holds no
+   * certificate). A route kept (same path, upstream and CA file) keeps its upstream agent;
+   * the agent of a route gone is closed once its requests in flight are done.
+   */
+  setRoutes(routes: readonly Route[]): void;
 }
 
 const HOP_BY_HOP = new Set([
@@ -154,6 +165,17 @@ export function upstreamAgent(route: Route, systemCaFile: string = DEFAULT_SYSTE
   return new https.Agent({ ...common, secureContext: tls.createSecureContext({ ca }) });
 }
 
+/** What a route's upstream agent depends on: a route that keeps these keeps its agent (and its warm connections) across a reload. */
+const agentKey = (r: Route) => JSON.stringify([r.path, r.upstream.origin, r.caFile ?? null]);
+
+/** The routes in force and what serves them, swapped as one value. */
+interface RouteTable {
+  routes: readonly Route[];
+  agents: Map<Route, http.Agent>;
+  byKey: Map<string, http.Agent>;
+  paths: string[];
+}
+
 /** A short reason for an upstream failure: the error's code, never its data. */
 function upstreamFailure(err: NodeJS.ErrnoException, route: Route, idleMs: number): { status: number; reason: string } {
   const code = err.code ?? 'error';
@@ -197,7 +219,7 @@ function rawResponse(socket: Duplex, status: number, body: string): void {
 }
 
 export function createCredProxy(opts: CredProxyOptions): CredProxy {
-  const { routes, tokens } = opts;
+  const { tokens } = opts;
   const now = opts.now ?? Date.now;
   const audit = opts.audit ?? (() => undefined);
   const log = opts.log ?? (() => undefined);
@@ -206,9 +228,45 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
   const idleTimeout = opts.idleTimeoutMs ?? 600_000;
   const headersTimeout = opts.headersTimeoutMs ?? 30_000;
   const requestTimeout = Math.max(opts.requestTimeoutMs ?? 600_000, headersTimeout);
-  const agents = new Map<Route, http.Agent>();
-  for (const r of routes) agents.set(r, upstreamAgent(r, opts.systemCaFile, opts.upstreamKeepAliveMs));
-  const routeList = routes.map((r) => r.path);
+  /** Builds the table for `routes`, reusing the agents of `previous` where the route is unchanged; throws before anything changes. */
+  const buildTable = (routes: readonly Route[], previous?: RouteTable): RouteTable => {
+    const agents = new Map<Route, http.Agent>();
+    const byKey = new Map<string, http.Agent>();
+    const built: http.Agent[] = [];
+    try {
+      for (const r of routes) {
+        const key = agentKey(r);
+        let agent = byKey.get(key) ?? previous?.byKey.get(key);
+        if (agent === undefined) {
+          agent = upstreamAgent(r, opts.systemCaFile, opts.upstreamKeepAliveMs);
+          built.push(agent);
+        }
+        agents.set(r, agent);
+        byKey.set(key, agent);
+      }
+    } catch (err) {
+      for (const a of built) a.destroy();
+      throw err;
+    }
+    return { routes: [...routes], agents, byKey, paths: routes.map((r) => r.path) };
+  };
+  let table = buildTable(opts.routes);
+
+  // Agents of routes removed by a reload: closed once no request uses them any more.
+  const retired = new Set<http.Agent>();
+  let reaper: NodeJS.Timeout | undefined;
+  const reap = () => {
+    for (const a of retired) {
+      const busy = Object.values(a.sockets).some((l) => (l?.length ?? 0) > 0) || Object.values(a.requests).some((l) => (l?.length ?? 0) > 0);
+      if (busy) continue;
+      a.destroy();
+      retired.delete(a);
+    }
+    if (retired.size === 0 && reaper !== undefined) {
+      clearInterval(reaper);
+      reaper = undefined;
+    }
+  };
 
   const server = http.createServer({
     headersTimeout,
@@ -220,7 +278,8 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
   const health = (req: http.IncomingMessage, res: http.ServerResponse) => {
     const method = req.method ?? 'GET';
     let status = 200;
-    let text = `ok: ${routes.length} route(s): ${routeList.join(', ')}\n`;
+    const { routes, paths } = table;
+    let text = `ok: ${routes.length} route(s): ${paths.join(', ')}\n`;
     if (method !== 'GET' && method !== 'HEAD') {
       status = 405;
       text = `${HEALTH_PATH} answers GET and HEAD\n`;
@@ -248,6 +307,8 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
       return;
     }
     const secrets = tokens.secrets();
+    // The routes as they are now: a reload during this request does not change its route.
+    const current = table;
 
     let route: Route | null = null;
     let tokenFp: string | null = null;
@@ -313,9 +374,9 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
       return;
     }
 
-    route = matchRoute(routes, path) ?? null;
+    route = matchRoute(current.routes, path) ?? null;
     if (route === null) {
-      reply(404, 'not_found_error', `no route for ${path}; routes: ${routeList.join(', ')}`, { routes: routeList });
+      reply(404, 'not_found_error', `no route for ${path}; routes: ${current.paths.join(', ')}`, { routes: current.paths });
       return;
     }
     const r = route;
@@ -356,7 +417,7 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
       path: upstreamTarget(r, path, query),
       headers,
       setHost: false,
-      agent: agents.get(r)!,
+      agent: current.agents.get(r)!,
     });
 
     const fail = (err: NodeJS.ErrnoException) => {
@@ -468,8 +529,23 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
   server.on('connect', refuseRaw('CONNECT'));
   server.on('upgrade', refuseRaw('Upgrade'));
 
+  server.routes = () => table.routes;
+  server.setRoutes = (routes) => {
+    const next = buildTable(routes, table);
+    const kept = new Set(next.byKey.values());
+    for (const a of table.byKey.values()) if (!kept.has(a)) retired.add(a);
+    table = next;
+    if (retired.size > 0 && reaper === undefined) {
+      reaper = setInterval(reap, 1000);
+      reaper.unref();
+    }
+  };
   server.closeUpstreams = () => {
-    for (const a of agents.values()) a.destroy();
+    for (const a of table.byKey.values()) a.destroy();
+    for (const a of retired) a.destroy();
+    retired.clear();
+    if (reaper !== undefined) clearInterval(reaper);
+    reaper = undefined;
   };
   server.on('close', () => server.closeUpstreams());
   return server;

@@ -37,6 +37,18 @@ function readProblem(file: string, err: unknown): string {
 
 export type TokenState = { ok: true; token: string; fp: string } | { ok: false; error: string };
 
+/** Reads a token file once, without keeping or watching it: to vet a file before a route uses it. */
+export function readToken(file: string): TokenState {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    return { ok: false, error: readProblem(file, err) };
+  }
+  const parsed = parseToken(text);
+  return parsed.ok ? { ok: true, token: parsed.token, fp: fingerprint(parsed.token) } : { ok: false, error: `${file}: ${parsed.message}` };
+}
+
 export interface TokenEvents {
   /** A file's token was (re)loaded; `fp` is its fingerprint. Not called for the first load. */
   onChange?: (file: string, fp: string) => void;
@@ -81,6 +93,38 @@ export class TokenStore {
       }, pollMs);
       this.poll.unref();
     }
+  }
+
+  /** The token files kept fresh (absolute paths). */
+  files(): string[] {
+    return [...this.state.keys()];
+  }
+
+  /**
+   * Replaces the set of files kept fresh (when the routes change): a file new to the store is
+   * read now (see `problems()`), a file no longer listed is forgotten (its token is still
+   * redacted from responses, as a rotated-out one is), and the folders watched follow.
+   */
+  setFiles(files: readonly string[]): void {
+    if (this.closed) return;
+    const next = new Set(files.map((x) => resolve(x)));
+    for (const f of [...this.state.keys()]) {
+      if (next.has(f)) continue;
+      this.state.delete(f);
+      this.lastText.delete(f);
+      clearTimeout(this.timers.get(f));
+      this.timers.delete(f);
+    }
+    for (const f of next) if (!this.state.has(f)) this.load(f, true);
+    if (this.opts.watch !== false) {
+      for (const w of this.watchers.splice(0)) w.close();
+      this.watchFolders();
+    }
+  }
+
+  /** Adds files to the set kept fresh; see `setFiles`. */
+  add(files: readonly string[]): void {
+    this.setFiles([...this.state.keys(), ...files]);
   }
 
   private watchFolders(): void {

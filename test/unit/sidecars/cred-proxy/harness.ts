@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterEach } from 'vitest';
 import type { AuditRecord } from '../../../../sidecars/cred-proxy/audit.js';
 import { type CredProxyOptions, createCredProxy } from '../../../../sidecars/cred-proxy/proxy.js';
+import { RoutesReloader, type RoutesReloaderOptions } from '../../../../sidecars/cred-proxy/reload.js';
 import { parseRoutes, type Route } from '../../../../sidecars/cred-proxy/routes.js';
 import { TokenStore } from '../../../../sidecars/cred-proxy/tokens.js';
 
@@ -169,23 +170,50 @@ export function replaceFile(file: string, content: string): void {
   renameSync(`${file}.new`, file);
 }
 
-export async function startProxy(specs: RouteSpec[], opts: Partial<CredProxyOptions> & { pollMs?: number } = {}) {
+/** What the proxy's routes file watcher reported: `reloaded /a,/b` or `rejected <error>`. */
+export type RoutesEvent = { decision: 'reloaded'; routes: string[] } | { decision: 'rejected'; error: string };
+
+export async function startProxy(
+  specs: RouteSpec[],
+  opts: Partial<CredProxyOptions> & {
+    pollMs?: number;
+    /** Watch the routes file as main.ts does (options of the watcher; pollMs defaults to the token store's). */
+    watchRoutes?: Pick<RoutesReloaderOptions, 'watch' | 'pollMs' | 'settleMs'>;
+  } = {},
+) {
+  const { pollMs, watchRoutes, ...proxyOpts } = opts;
   const dir = tempDir();
   const { routesFile, tokenFiles } = writeConfig(dir, specs);
-  const parsed = parseRoutes(readFileSync(routesFile, 'utf8'), dir);
+  const routesText = readFileSync(routesFile, 'utf8');
+  const parsed = parseRoutes(routesText, dir);
   if (!parsed.ok) throw new Error(parsed.errors.join('; '));
   const routes: Route[] = parsed.routes;
   const logs: string[] = [];
   const tokens = new TokenStore(
     routes.map((r) => r.tokenFile),
-    { pollMs: opts.pollMs ?? 500, onChange: (f, fp) => logs.push(`changed ${f} ${fp}`), onError: (f, m) => logs.push(`error ${f} ${m}`) },
+    { pollMs: pollMs ?? 500, onChange: (f, fp) => logs.push(`changed ${f} ${fp}`), onError: (f, m) => logs.push(`error ${f} ${m}`) },
   );
   cleanups.push(() => tokens.close());
   const audits: AuditRecord[] = [];
-  const proxy = createCredProxy({ routes, tokens, audit: (r) => audits.push(r), log: (m) => logs.push(m), ...opts });
+  const proxy = createCredProxy({ routes, tokens, audit: (r) => audits.push(r), log: (m) => logs.push(m), ...proxyOpts });
   const port = await track(proxy);
   cleanups.push(() => proxy.closeUpstreams());
-  return { port, audits, logs, tokens, tokenFiles, routes, dir };
+  const routesEvents: RoutesEvent[] = [];
+  let reloader: RoutesReloader | undefined;
+  if (watchRoutes) {
+    reloader = new RoutesReloader({
+      file: routesFile,
+      initialText: routesText,
+      proxy,
+      tokens,
+      pollMs: pollMs ?? 500,
+      ...watchRoutes,
+      onReload: (now) => routesEvents.push({ decision: 'reloaded', routes: now.map((r) => r.path) }),
+      onReject: (error) => routesEvents.push({ decision: 'rejected', error }),
+    });
+    cleanups.push(() => reloader?.close());
+  }
+  return { port, audits, logs, tokens, tokenFiles, routes, dir, routesFile, proxy, reloader, routesEvents };
 }
 
 // ---- clients ---------------------------------------------------------------------------

@@ -105,4 +105,53 @@ describe('cred-proxy main', () => {
       expect(text).not.toContain(ROTATED);
     }
   });
+
+  it('picks up a route added to the routes file without a restart, audits the reload, and keeps the routes in force on a bad file', async () => {
+    const model = await startUpstream();
+    const added = await startUpstream();
+    const dir = tempDir();
+    const { routesFile, tokenFiles } = writeConfig(dir, [route(model.origin)]);
+    const port = await freePort();
+    const { out, child } = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(port), BOTTLE_CRED_ROUTES: routesFile, BOTTLE_CRED_PLACEHOLDER: PLACEHOLDER, BOTTLE_RUN: 'r2' });
+    await until(() => out.stdout.includes('ready'), 'ready', 20_000);
+    const routesLines = () =>
+      out.stdout
+        .split('\n')
+        .filter((l) => l.startsWith('{') && l.includes('"type":"routes"'))
+        .map((l) => JSON.parse(l));
+
+    // As the engine adds an approved route: its token first, then the whole routes file.
+    const tokenFile = join(dir, 'secrets', 'p7');
+    writeFileSync(tokenFile, `${ROTATED}\n`, { mode: 0o600 });
+    const inject = { header: 'Authorization', format: 'Bearer {token}' };
+    replaceFile(
+      routesFile,
+      JSON.stringify({
+        routes: [
+          { path: '/anthropic', upstream: model.origin, inject: { header: 'x-api-key', format: '{token}' }, roles: ['anthropic-base-url'], token_file: tokenFiles[0] },
+          { path: '/github', upstream: added.origin, inject, roles: [], token_file: tokenFile },
+        ],
+      }),
+    );
+    await until(async () => (await request(port, '/github/user', { headers: { authorization: `Bearer ${PLACEHOLDER}` } })).status === 200, 'the added route', 5000);
+    expect(added.requests[0]!.headers.authorization).toBe(`Bearer ${ROTATED}`);
+    expect(added.requests[0]!.url).toBe('/user');
+    expect((await request(port, '/anthropic/v1/messages')).status).toBe(200);
+    expect(routesLines()).toEqual([{ type: 'routes', decision: 'reloaded', routes: ['/anthropic', '/github'], at: expect.any(Number), run: 'r2' }]);
+    expect(out.stderr).toContain(`added route /github -> ${added.origin} (authorization, token ${fp(ROTATED)})`);
+    expect((await request(port, '/healthz')).status).toBe(200);
+
+    // A broken file: rejected on stdout, the routes in force keep serving.
+    replaceFile(routesFile, '{"routes": [');
+    await until(() => routesLines().length === 2, 'the rejection', 5000);
+    expect(routesLines()[1]).toMatchObject({ type: 'routes', decision: 'rejected', error: expect.stringContaining('invalid routes file'), run: 'r2' });
+    expect((await request(port, '/github/user')).status).toBe(200);
+    expect((await request(port, '/healthz')).status).toBe(200);
+    expect(child.exitCode).toBeNull();
+
+    for (const text of [out.stdout, out.stderr]) {
+      expect(text).not.toContain(TOKEN);
+      expect(text).not.toContain(ROTATED);
+    }
+  });
 });

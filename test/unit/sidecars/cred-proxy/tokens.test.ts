@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
-import { rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { fingerprint, parseToken, TokenStore } from '../../../../sidecars/cred-proxy/tokens.js';
+import { fingerprint, parseToken, readToken, TokenStore } from '../../../../sidecars/cred-proxy/tokens.js';
 import { replaceFile, tempDir, until } from './harness.js';
 
 const stores: TokenStore[] = [];
@@ -86,5 +86,42 @@ describe('TokenStore', () => {
     stores.push(store);
     writeFileSync(a, 'token-a-changed-01234');
     await until(() => (store.get(a) as { token?: string }).token === 'token-a-changed-01234', 'the change');
+  });
+
+  it('replaces its file set: a new file is read at once and watched, a dropped one forgotten (its token still redacted)', async () => {
+    const dir = tempDir();
+    const a = join(dir, 'a');
+    const sub = join(dir, 'more');
+    const b = join(sub, 'b');
+    writeFileSync(a, 'token-a-0123456789\n');
+    const store = new TokenStore([a], { pollMs: 0 });
+    stores.push(store);
+    mkdirSync(sub);
+    writeFileSync(b, 'token-b-0123456789\n');
+    store.add([b]);
+    expect(store.files()).toEqual([a, b]);
+    expect(store.get(b)).toMatchObject({ ok: true, token: 'token-b-0123456789' });
+    // Watched in its own folder (no poll here): a rotation is seen.
+    replaceFile(b, 'token-b-rotated-0123\n');
+    await until(() => (store.get(b) as { token?: string }).token === 'token-b-rotated-0123', 'the rotation of the added file');
+
+    store.setFiles([b, join(dir, 'missing')]);
+    expect(store.files()).toEqual([b, join(dir, 'missing')]);
+    expect(store.get(a).ok).toBe(false);
+    expect(store.problems()).toEqual([{ file: join(dir, 'missing'), error: `cannot read ${join(dir, 'missing')} (ENOENT)` }]);
+    expect(store.secrets()).toEqual(expect.arrayContaining(['token-a-0123456789', 'token-b-rotated-0123']));
+    rmSync(a); // no longer watched: nothing to report
+    writeFileSync(join(dir, 'missing'), 'token-late-0123456789');
+    await until(() => store.problems().length === 0, 'the late file');
+  });
+
+  it('readToken vets a file once without keeping it', () => {
+    const dir = tempDir();
+    const f = join(dir, 't');
+    expect(readToken(f)).toEqual({ ok: false, error: `cannot read ${f} (ENOENT)` });
+    writeFileSync(f, 'short');
+    expect(readToken(f)).toMatchObject({ ok: false, error: expect.stringContaining('shorter') });
+    writeFileSync(f, 'token-t-0123456789\n');
+    expect(readToken(f)).toEqual({ ok: true, token: 'token-t-0123456789', fp: fingerprint('token-t-0123456789') });
   });
 });
