@@ -41,6 +41,14 @@ export class NodeHostFiles implements HostFiles {
   async readText(path: string): Promise<string> {
     return readFile(path, 'utf8');
   }
+  async readBytes(path: string): Promise<Buffer | null> {
+    try {
+      return await readFile(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+  }
   async writeText(path: string, content: string | Buffer, mode = 0o600): Promise<void> {
     await new FsStager().stage(dirname(path), [{ name: basename(path), content, mode }]);
   }

@@ -214,12 +214,17 @@ export async function applyDockerfile(
     const existing = await runtime.inspectContainer(plan.container, signal);
     if (!(existing && existing.image === image && existing.state === 'running')) {
       deps.progress(`recreating ${plan.container} from ${image}`);
+      // The session is kept on the host before the old container goes: a crash after its
+      // removal finds it there when the step runs again.
+      const kept = posix.join(deps.paths.transcriptDir(plan.identity), 'session.tar');
       let session: Buffer | null = null;
       if (existing) {
         await runtime.stopContainer(plan.container, 10, signal);
         session = await runtime.readArchive(plan.container, AGENT_SESSION_DIR, signal);
-        if (session) await deps.files.writeText(posix.join(deps.paths.transcriptDir(plan.identity), 'session.tar'), session);
+        if (session) await deps.files.writeText(kept, session);
         await runtime.removeContainer(plan.container, signal);
+      } else {
+        session = await deps.files.readBytes(kept);
       }
       await runtime.ensureContainer(agentSpecFor(image), signal);
       if (session) await runtime.writeArchive(plan.container, posix.dirname(AGENT_SESSION_DIR), session, signal);

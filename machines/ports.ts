@@ -209,6 +209,8 @@ export interface ImageProvider {
 export interface HostFiles {
   exists(path: string): Promise<boolean>;
   readText(path: string): Promise<string>;
+  /** The file's bytes; null when it does not exist. */
+  readBytes(path: string): Promise<Buffer | null>;
   /** Writes a file whole (temp name + rename), creating its folder; mode 0600 unless given. */
   writeText(path: string, content: string | Buffer, mode?: number): Promise<void>;
   /** Removes a file; a missing one is success. */
