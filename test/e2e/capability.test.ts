@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -6,8 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { names } from '../../machines/names.js';
 import { readLockOwner } from '../../store/lock.js';
 import { eventsFile, lockFile } from '../../store/paths.js';
-import { type CliResult, ensureBuilt, MAIN } from '../support/cli.js';
-import { docker, removeAllLabelled } from '../support/docker.js';
+import { bottle, type CliResult, ensureBuilt, MAIN } from '../support/cli.js';
+import { docker, removeAllLabelled, SUITE_ID } from '../support/docker.js';
+import { demux } from '../support/images.js';
 import { json, show, waitFor } from '../support/e2e.js';
 import { connectNetwork, startUpstreams, type UpstreamNet } from '../support/egress.js';
 import { ensureTestImages } from '../support/images.js';
@@ -15,6 +17,7 @@ import {
   agentName,
   cli,
   endStrayRuns,
+  filesContaining,
   leftovers,
   removeBottleObjects,
   removeTempDirs,
@@ -37,20 +40,20 @@ const identities = new Set<string>();
 let up: UpstreamNet;
 
 /** A bottle with supervise on; the agent runs `script` under bash. */
-function supervisedBottle(tag: string, script: string): SecBottle {
+function supervisedBottle(tag: string, script: string, extra: Record<string, unknown> = {}, hostEnv: Record<string, string> = {}): SecBottle {
   const dir = mkdtempSync(join(tmpdir(), 'bottle-cap-'));
   const home = join(dir, 'home');
   mkdirSync(home);
   const agent = agentName(`cap-${tag}`);
   const manifest = {
     version: 1,
-    bottles: { cap: { runtime: 'runc', egress: { allow: ['first.test'] }, supervise: true } },
+    bottles: { cap: { runtime: 'runc', egress: { allow: ['first.test'] }, supervise: true, ...extra } },
     agents: { [agent]: { bottle: 'cap', prompt: 'ask for what you lack', command: ['bash', '-c', script] } },
   };
   const file = join(dir, 'bottle.json');
   writeFileSync(file, JSON.stringify(manifest, null, 2));
   track(dir);
-  return { agent, dir, home, manifest: file, env: { BOTTLE_HOME: home, BOTTLE_BASE_SOURCE: 'bootstrap' } };
+  return { agent, dir, home, manifest: file, env: { BOTTLE_HOME: home, BOTTLE_BASE_SOURCE: 'bootstrap', ...hostEnv } };
 }
 
 /** Shell helpers of the agent scripts: talk to the supervise sidecar with curl, parse with node. */
@@ -127,6 +130,48 @@ result finished yes
 sleep 600 & wait
 `;
 
+const ROUTE_SCRIPT = `${PRELUDE}
+result post "$(post '{"kind":"route","reason":"call the later API","route":{"path":"/later","upstream":"http://api.later.test","inject":{"header":"x-api-key","format":"{token}"}}}')"
+id=$(field id < /tmp/post.out)
+result id "$id"
+result status "$(wait_decided "$id")"
+curl -s "$S/current" > /tmp/current.json
+result current_routes "$(node -e 'console.log(JSON.parse(require("fs").readFileSync("/tmp/current.json","utf8")).routes.map(r=>r.path+" "+Object.keys(r).sort().join("+")).join(","))')"
+for _ in $(seq 1 50); do c=$(curl -s -o /tmp/call.out -w '%{http_code}' http://cred-proxy:9099/later/hello); [ "$c" = 200 ] && break; sleep 0.2; done
+result call "$c"
+result body "$(cat /tmp/call.out)"
+result finished yes
+sleep 600 & wait
+`;
+
+/** An http API of the suite's own that logs each request's x-api-key as a JSON line. */
+const KEY_API_JS = `require('http').createServer((req, res) => {
+  process.stdout.write(JSON.stringify({ kind: 'request', url: req.url, key: req.headers['x-api-key'] || null }) + '\\n');
+  res.end('later api ok');
+}).listen(80, () => process.stdout.write(JSON.stringify({ kind: 'listening' }) + '\\n'));`;
+
+async function startKeyApi(image: string, network: string, alias: string): Promise<{ container: string; lines(): Promise<Record<string, unknown>[]> }> {
+  const container = `bbt-${SUITE_ID}-keyapi`;
+  const c = await docker().createContainer({
+    name: container,
+    Image: image,
+    Entrypoint: ['node', '-e', KEY_API_JS],
+    Labels: { ...suiteLabels },
+    HostConfig: { NetworkMode: network, CapDrop: ['ALL'], SecurityOpt: ['no-new-privileges'], Sysctls: { 'net.ipv4.ip_unprivileged_port_start': '0' } },
+    NetworkingConfig: { EndpointsConfig: { [network]: { Aliases: [alias] } } },
+  });
+  await c.start();
+  const lines = async () => {
+    const buf = (await c.logs({ stdout: true, stderr: false, follow: false })) as unknown as Buffer;
+    return demux(buf)
+      .stdout.split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+  };
+  await waitFor('the key API to listen', async () => (await lines()).some((l) => l.kind === 'listening'));
+  return { container, lines };
+}
+
 function logResults(b: SecBottle, identity: string, pattern: RegExp, timeoutMs = 120_000) {
   return waitForLog(b, identity, pattern, timeoutMs).then(results);
 }
@@ -146,9 +191,12 @@ function startResume(b: SecBottle, identity: string): { child: ChildProcess; don
   return { child, done };
 }
 
+let sidecarImage = '';
+
 beforeAll(async () => {
   ensureBuilt();
   const images = await ensureTestImages();
+  sidecarImage = images.sidecar;
   up = await startUpstreams(images.sidecar, [{ name: 'later', aliases: ['later.test'], ports: ['80'] }]);
 }, 900_000);
 
@@ -332,6 +380,64 @@ describe('an agent asks, a human decides, the running bottle changes', () => {
     for (const e of decisions) expect(e.change_sha256).toMatch(/^[0-9a-f]{64}$/);
     expect(audit.filter((e) => e.source === 'supervise' && e.type === 'proposal')).toHaveLength(3);
     expect(replay.code, show(replay)).toBe(0);
+    expect(stop.code, show(stop)).toBe(0);
+  });
+});
+
+describe('a route approved with a secret the human names reaches the running cred-proxy', () => {
+  const firstToken = `first-${randomBytes(12).toString('hex')}`;
+  const laterToken = `later-${randomBytes(12).toString('hex')}`;
+  let b: SecBottle;
+  let identity: string;
+  let r: Record<string, string> = {};
+  let approveWithout: CliResult;
+  let approve: CliResult;
+  let seen: Record<string, unknown>[] = [];
+  let stop: CliResult;
+  let homeFiles: string[] = [];
+
+  beforeAll(async () => {
+    const api = await startKeyApi(sidecarImage, up.network, 'api.later.test');
+    b = supervisedBottle(
+      'route',
+      ROUTE_SCRIPT,
+      { cred_proxy: { routes: [{ path: '/first', upstream: 'http://first.test', token: { env: 'FIRST_TOKEN' }, inject: { header: 'x-api-key', format: '{token}' } }] } },
+      { FIRST_TOKEN: firstToken },
+    );
+    const started = await runDetached(b);
+    identity = started.identity;
+    identities.add(identity);
+    await connectNetwork(up.network, names(identity).sidecar('cred-proxy'));
+    try {
+      const first = await logResults(b, identity, /^RESULT id=p/m);
+      await waitFor('the route proposal to be pending', async () => {
+        const p = await cli(b, ['proposals', identity, '--json']);
+        return p.code === 0 && json<{ id: string; status: string }[]>(p).some((x) => x.id === first.id && x.status === 'pending');
+      });
+      approveWithout = await cli(b, ['approve', identity, first.id!]);
+      // The secret is in the approving CLI's environment only, not the run owner's.
+      approve = await bottle(['approve', identity, first.id!, '--token-env', 'LATER_TOKEN'], { cwd: b.dir, env: { ...b.env, LATER_TOKEN: laterToken } });
+      r = await logResults(b, identity, /^RESULT finished=yes$/m);
+      seen = (await api.lines()).filter((l) => l.kind === 'request');
+    } finally {
+      stop = await cli(b, ['stop', identity]);
+    }
+    homeFiles = filesContaining(b.home, { later: laterToken });
+  }, 300_000);
+
+  it('a route needs its secret on approval', () => {
+    expect(approveWithout.code).not.toBe(0);
+    expect(approveWithout.stderr).toMatch(/--token-env NAME/);
+  });
+
+  it('approved, the route works live with the token injected, and the agent never sees the secret', () => {
+    expect(approve.code, show(approve)).toBe(0);
+    expect(r.status).toBe('approved||');
+    expect(r.current_routes).toBe('/first inject+path+roles+upstream,/later inject+path+roles+upstream');
+    expect(r.call).toBe('200');
+    expect(r.body).toBe('later api ok');
+    expect(seen.map((x) => [x.url, x.key])).toEqual([['/hello', laterToken]]);
+    expect(homeFiles).toEqual([]);
     expect(stop.code, show(stop)).toBe(0);
   });
 });
