@@ -105,7 +105,19 @@ node -e 'process.stdout.write(JSON.stringify({kind:"dockerfile",reason:"big",doc
 result bad_big "$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' --data-binary @/tmp/big.json "$S/proposals")"
 result listed "$(curl -s "$S/proposals" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);const l=Array.isArray(j)?j:j.proposals;console.log(l.map(p=>p.id).sort().join(","))})')"
 
-# 4. A Dockerfile that adds jq: the container is recreated from it.
+# 4. A Dockerfile whose build fails: the proposal fails with the build's error, nothing changes.
+curl -s "$S/current" > /tmp/current.json
+node -e '
+const cur = JSON.parse(require("fs").readFileSync("/tmp/current.json", "utf8"));
+process.stdout.write(JSON.stringify({ kind: "dockerfile", reason: "this build fails", dockerfile: cur.dockerfile + "RUN echo about to fail && exit 7\n" }));
+' > /tmp/bad.json
+curl -s -o /tmp/post.out -H 'content-type: application/json' --data-binary @/tmp/bad.json "$S/proposals"
+bad=$(field id < /tmp/post.out)
+result bad_docker_id "$bad"
+result bad_docker_status "$(wait_decided "$bad")"
+result still_here "$(cat /workspace/keep.txt)"
+
+# 5. A Dockerfile that adds jq: the container is recreated from it.
 curl -s "$S/current" > /tmp/current.json
 node -e '
 const cur = JSON.parse(require("fs").readFileSync("/tmp/current.json", "utf8"));
@@ -286,6 +298,7 @@ describe('an agent asks, a human decides, the running bottle changes', () => {
   let proposalsText = '';
   let agentIdBefore = '';
   let agentIdAfter = '';
+  let agentIdAfterFailure = '';
   let audit: { source: string; type: string; by?: string; change_sha256?: string; proposal?: string }[] = [];
   let replay: CliResult;
   let stop: CliResult;
@@ -305,9 +318,12 @@ describe('an agent asks, a human decides, the running bottle changes', () => {
       decided.twice = await cli(b, ['deny', identity, d.deny_id!, '--reason', 'again']);
       decided.approveDenied = await cli(b, ['approve', identity, d.deny_id!]);
       decided.foreign = await cli(b, ['approve', identity, otherBottleProposal || 'pnotmine000']);
-      r = await logResults(b, identity, /^RESULT docker_id=p/m);
-      proposalsJson = json(await cli(b, ['proposals', identity, '--json']));
+      const bad = await logResults(b, identity, /^RESULT bad_docker_id=p/m);
       agentIdBefore = (await inspectId(identity)) ?? '';
+      decided.badDocker = await cli(b, ['approve', identity, bad.bad_docker_id!]);
+      r = await logResults(b, identity, /^RESULT docker_id=p/m);
+      agentIdAfterFailure = (await inspectId(identity)) ?? '';
+      proposalsJson = json(await cli(b, ['proposals', identity, '--json']));
       decided.docker = await cli(b, ['approve', identity, r.docker_id!]);
       r2 = await logResults(b, identity, /^RESULT finished=yes$/m, 300_000);
       agentIdAfter = (await inspectId(identity)) ?? '';
@@ -352,7 +368,15 @@ describe('an agent asks, a human decides, the running bottle changes', () => {
     expect(r.bad_hosts).toBe('400');
     expect(r.bad_big).toBe('400');
     expect(r.listed!.split(',').sort()).toEqual([r.allow_id, r.deny_id].sort());
-    expect(proposalsJson.map((p) => p.id).sort()).toEqual([r.allow_id, r.deny_id, r.docker_id].sort());
+    expect(proposalsJson.map((p) => p.id).sort()).toEqual([r.allow_id, r.deny_id, r.bad_docker_id, r.docker_id].sort());
+  });
+
+  it('a Dockerfile whose build fails leaves the bottle running as it was, the proposal failed with the build error', () => {
+    expect(decided.badDocker!.code).toBe(1);
+    expect(decided.badDocker!.stderr).toMatch(/failed/);
+    expect(r.bad_docker_status).toMatch(/^failed\|\|.*(exit|7)/);
+    expect(r.still_here).toBe('kept-before');
+    expect(agentIdAfterFailure).toBe(agentIdBefore);
   });
 
   it('a Dockerfile proposal is shown as a diff, and once approved the agent runs in a new container with jq, its workspace and its session', () => {
@@ -375,10 +399,11 @@ describe('an agent asks, a human decides, the running bottle changes', () => {
     expect(decisions.map((e) => [e.type, e.proposal])).toEqual([
       ['proposal.approve', r.allow_id],
       ['proposal.deny', r.deny_id],
+      ['proposal.approve', r.bad_docker_id],
       ['proposal.approve', r.docker_id],
     ]);
     for (const e of decisions) expect(e.change_sha256).toMatch(/^[0-9a-f]{64}$/);
-    expect(audit.filter((e) => e.source === 'supervise' && e.type === 'proposal')).toHaveLength(3);
+    expect(audit.filter((e) => e.source === 'supervise' && e.type === 'proposal')).toHaveLength(4);
     expect(replay.code, show(replay)).toBe(0);
     expect(stop.code, show(stop)).toBe(0);
   });
