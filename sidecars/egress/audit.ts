@@ -70,7 +70,12 @@ const FLUSH_BYTES = 64 * 1024;
  * close() and the process's 'exit' write what is still buffered.
  */
 export function openAuditLog(file: string | undefined, extra: { run?: string } = {}): AuditLog {
-  const stamp = (r: AuditRecord): string => auditLine(extra.run === undefined ? r : { ...r, run: extra.run });
+  // `run` is the last field of a line: appended to the JSON text rather than copied into the record.
+  const runField = extra.run === undefined ? undefined : `,"run":${JSON.stringify(extra.run)}}\n`;
+  const stamp = (r: AuditRecord): string => {
+    if (runField === undefined) return auditLine(r);
+    return r.run === undefined ? auditLine(r).slice(0, -2) + runField : auditLine({ ...r, run: extra.run });
+  };
   let fd: number | undefined;
   if (file !== undefined) {
     mkdirSync(dirname(file), { recursive: true });
