@@ -14,8 +14,9 @@
  *   noaudit    as `proxy`, through a second proxy whose audit lines are dropped;
  *   bare-new, bare-keepalive
  *              references, not the product: a minimal Node forward proxy (no policy, no
- *              audit) with a new upstream connection per request, as the egress proxy does,
- *              or with a keep-alive upstream Agent; they show where the proxy's time goes.
+ *              audit) with a new upstream connection per request (as the egress proxy did
+ *              before its upstream pool), or with a keep-alive upstream Agent; they show
+ *              where the proxy's time goes.
  * Then the same with one client (unloaded latency), and a POST whose body comes in a second
  * write 1 ms after its head, one client, direct / proxy / connect (Nagle's algorithm on a hop). Reports requests/second, per-request
  * latency median and p99 (medians over rounds), the added latency and the throughput ratio

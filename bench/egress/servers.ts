@@ -8,15 +8,17 @@
  *                          createEgressProxy on 127.0.0.1 with the allowlist `bench.test:PORT`,
  *                          an injected resolver mapping bench.test (only) to 127.0.0.1, and the
  *                          real address policy except that 127.0.0.1 is let through (this bench
- *                          only: production refuses loopback). Audit lines go to AUDIT_FILE
- *                          through openAuditLog, one write(2) per request as in the sidecar;
- *                          with `noaudit` they are dropped (to see what the audit costs).
+ *                          only: production refuses loopback), its defaults otherwise (the
+ *                          keep-alive upstream pool, the 5 s resolution cache). Audit lines go
+ *                          to AUDIT_FILE through openAuditLog as in the sidecar (the lines of
+ *                          one event-loop turn in one write(2)); with `noaudit` they are dropped
+ *                          (to see what the audit costs).
  *   bare UPSTREAM_PORT new|keepalive
  *                          a reference, not the product: the least a Node forward proxy does
  *                          (parse the absolute URI, http.request to 127.0.0.1:PORT, pipe both
  *                          ways; no policy, no resolver, no audit), with a new upstream
- *                          connection per request (`new`, as the egress proxy does) or a
- *                          keep-alive upstream Agent (`keepalive`).
+ *                          connection per request (`new`, as the egress proxy did before its
+ *                          upstream pool) or a keep-alive upstream Agent (`keepalive`).
  *
  * Both answer the parent's { type: 'stats' } with their CPU time and connection count.
  * Nothing here listens on anything but 127.0.0.1 or dials anything but 127.0.0.1.
