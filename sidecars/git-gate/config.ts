@@ -68,6 +68,17 @@ export function parseRemotes(text: string): { ok: true; remotes: GateRemote[] } 
   return errors.length > 0 ? { ok: false, errors } : { ok: true, remotes };
 }
 
+/**
+ * Why the gate cannot talk to this upstream at all, if it cannot: an ssh upstream without
+ * known_hosts would need host keys to be trusted on first use, which the gate never does.
+ */
+export function upstreamProblem(remote: GateRemote): string | undefined {
+  if (remote.upstream.startsWith('ssh:') && !remote.knownHostsFile) {
+    return `remote ${remote.name} has no known_hosts in the manifest: the upstream's host key cannot be checked, so the gate does not connect`;
+  }
+  return undefined;
+}
+
 /** Single-quotes a word for sh (paths in GIT_SSH_COMMAND and the credential helper). */
 export function shQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;

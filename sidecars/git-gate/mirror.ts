@@ -1,6 +1,6 @@
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type GateRemote, upstreamEnv } from './config.js';
+import { type GateRemote, upstreamEnv, upstreamProblem } from './config.js';
 import { gitMessage, run } from './git.js';
 
 /**
@@ -89,6 +89,8 @@ const headKnown = new Set<string>();
  * out what the upstream would. Throws with git's message when the upstream cannot be read.
  */
 export async function refreshMirror(state: string, remote: GateRemote): Promise<void> {
+  const problem = upstreamProblem(remote);
+  if (problem) throw new Error(problem);
   const path = mirrorPath(state, remote.name);
   const env = envFor(state, remote);
   const r = await run('git', ['fetch', '--quiet', '--prune', '--no-write-fetch-head', remote.upstream, '+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*'], {
