@@ -31,7 +31,7 @@ bottles:
     #   - name: origin                     # the remote's name inside the bottle
     #     upstream: ssh://git@github.com/me/app.git   # ssh://, https:// or http://
     #     key: { file: ~/.ssh/bottle_ed25519 }        # secret ref: { file: PATH } or { env: NAME }
-    #     known_hosts: { file: ~/.ssh/known_hosts }   # for ssh:// upstreams
+    #     known_hosts: { file: ~/.ssh/known_hosts }   # required for ssh:// upstreams
     #     push: ["agent/*"]                # branches (globs) the agent may push; [] = read-only
     #     # token: { env: GIT_TOKEN }      # for https:// upstreams, instead of key
     #     # ca: { file: ./internal-ca.pem }  # an extra CA bundle for an https:// upstream

@@ -336,6 +336,8 @@ function gitIssues(remotes: unknown, at: readonly PathSegment[], add: Add): void
     const scheme = urlScheme(remote.upstream);
     if (scheme === 'ssh:') {
       if (remote.key === undefined) add([...at, i, 'key'], 'required for an ssh:// upstream');
+      // The gate checks the upstream's host key strictly: without known_hosts every fetch fails.
+      if (remote.known_hosts === undefined) add([...at, i, 'known_hosts'], 'required for an ssh:// upstream (the gate checks its host key); e.g. { file: ~/.ssh/known_hosts }');
       for (const field of ['token', 'ca'] as const) {
         if (remote[field] !== undefined) add([...at, i, field], 'only for https:// and http:// upstreams');
       }

@@ -279,9 +279,10 @@ describe('validateManifest: cross-field rules', () => {
     expectIssue(doc, 'bottles.web.git[1].name', /duplicate remote name/);
   });
 
-  it('requires a key for an ssh upstream and keeps secrets to their transport', () => {
+  it('requires a key and known_hosts for an ssh upstream and keeps secrets to their transport', () => {
     const ssh = { upstream: 'ssh://git@github.com/me/app.git', token: undefined };
     expectIssue(withBottle({ git: [remote(ssh)] }), 'bottles.web.git[0].key', 'required for an ssh:// upstream');
+    expectIssue(withBottle({ git: [remote({ ...ssh, key: { file: 'k' } })] }), 'bottles.web.git[0].known_hosts', /required for an ssh:\/\/ upstream/);
     expectIssue(withBottle({ git: [remote({ ...ssh, key: { file: 'k' }, token: { env: 'T' } })] }), 'bottles.web.git[0].token', /https/);
     expectIssue(withBottle({ git: [remote({ key: { file: 'k' } })] }), 'bottles.web.git[0].key', /only for ssh/);
     expectIssue(withBottle({ git: [remote({ known_hosts: { file: 'kh' } })] }), 'bottles.web.git[0].known_hosts', /only for ssh/);
@@ -312,6 +313,7 @@ describe('validateManifest: every error at once', () => {
         'bottles.web.runtime',
         'bottles.web.egress.allow[1]',
         'bottles.web.git[0].key',
+        'bottles.web.git[0].known_hosts',
         'bottles.web.cred_proxy.routes[1].path',
         'bottles.web.cred_proxy.routes[1].token',
         'bottles.web.env.NOT-OK',
