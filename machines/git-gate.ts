@@ -52,6 +52,24 @@ export function gitGateFiles(plan: Pick<BottlePlan, 'git'>, read: (ref: PlannedS
   return [{ containerPath: GIT_GATE_CONFIG_PATH, content: `${JSON.stringify({ remotes }, null, 2)}\n`, ...own }, ...files];
 }
 
+/**
+ * The gate's files that come from file refs, for pushing a rotated secret into the running
+ * gate (it reads each one when it uses it). `newline`: the file must end in one (ssh's files).
+ */
+export function gitGateFileRefs(plan: Pick<BottlePlan, 'git'>): { file: string; containerPath: string; newline: boolean }[] {
+  const out: { file: string; containerPath: string; newline: boolean }[] = [];
+  plan.git.forEach((g, i) => {
+    const fields = [
+      ['key', g.key, true],
+      ['known_hosts', g.known_hosts, true],
+      ['token', g.token, false],
+      ['ca.pem', g.ca, true],
+    ] as const;
+    for (const [what, ref, newline] of fields) if (ref && 'file' in ref) out.push({ file: ref.file, containerPath: secretPath(i, what), newline });
+  });
+  return out;
+}
+
 /** Sections of a project's .git/config that name hosts, credentials or host files: never copied into a bottle. */
 const DROPPED_SECTIONS = new Set(['remote', 'credential', 'http', 'url', 'include', 'includeif', 'lfs', 'submodule']);
 /** Keys of kept sections that run host programs or name host files. */

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { gitGateFiles } from './git-gate.js';
+import { gitGateFileRefs, gitGateFiles } from './git-gate.js';
 import { BottleError, toErrorData } from '../config/errors.js';
 import type { CreatedResource, Proposal, ResolveOutput, StepError, StepId } from './bottle.machine.js';
 import type { BottlePlan } from './plan.js';
@@ -289,32 +289,47 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     }
   };
 
+  /**
+   * Secret files rotated on the host while the agent runs are pushed into the sidecar that
+   * uses them: route tokens into the cred-proxy, the git gate's keys, tokens and CAs into the
+   * gate. Both read a secret file when they use it, so no restart is needed.
+   */
   function watchRotations(plan: BottlePlan, signal: AbortSignal): () => void {
     const proxy = plan.sidecars.find((s) => s.role === 'cred-proxy');
-    const files = plan.routes.flatMap((r) => ('file' in r.token ? [r.token.file] : []));
-    if (!proxy || files.length === 0) return () => undefined;
+    const gate = plan.sidecars.find((s) => s.role === 'git-gate');
+    const targets = [
+      ...(proxy ? plan.routes.flatMap((r, i) => ('file' in r.token ? [{ file: r.token.file, container: proxy.name, containerPath: credTokenPath(i), newline: false }] : [])) : []),
+      ...(gate ? gitGateFileRefs(plan).map((t) => ({ ...t, container: gate.name })) : []),
+    ];
+    const files = [...new Set(targets.map((t) => t.file))];
+    if (files.length === 0) return () => undefined;
     const own = { mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID };
     // Only the changed file is read, so one unreadable ref never holds back another's rotation.
     const rotate = async (file: string) => {
-      const paths = plan.routes.flatMap((r, i) => ('file' in r.token && r.token.file === file ? [credTokenPath(i)] : []));
       let content: string;
       try {
         content = deps.secrets.read({ file });
       } catch (err) {
-        // Caught mid-write: the next change brings the new token. Removed on the host: the
-        // token is revoked in the proxy too (an empty token file makes its route answer 503).
+        // Caught mid-write: the next change brings the new secret. Removed on the host: it is
+        // revoked in the sidecar too (an empty token file makes its route answer 503).
         if (await deps.files.exists(file)) {
-          deps.progress(`could not read the rotated token ${file} yet: ${(err as Error).message}`);
+          deps.progress(`could not read the rotated secret ${file} yet: ${(err as Error).message}`);
           return;
         }
-        deps.progress(`token file ${file} was removed on the host: its route is revoked until it returns`);
+        deps.progress(`secret file ${file} was removed on the host: what uses it is revoked until it returns`);
         content = '';
       }
-      await runtime.putFiles(proxy.name, paths.map((containerPath) => ({ containerPath, content, ...own })), signal);
+      const mine = targets.filter((t) => t.file === file);
+      for (const container of [...new Set(mine.map((t) => t.container))]) {
+        const puts = mine
+          .filter((t) => t.container === container)
+          .map((t) => ({ containerPath: t.containerPath, content: t.newline && content !== '' && !content.endsWith('\n') ? `${content}\n` : content, ...own }));
+        await runtime.putFiles(container, puts, signal);
+      }
     };
     // It runs in a file watcher: nothing may be thrown out of it (that would end this process).
     return deps.secrets.watch(files, (file) => {
-      rotate(file).catch((err: unknown) => deps.progress(`could not hand the rotated token to ${proxy.name}: ${(err as Error).message}`));
+      rotate(file).catch((err: unknown) => deps.progress(`could not hand the rotated secret ${file} to its sidecar: ${(err as Error).message}`));
     });
   }
 
