@@ -241,10 +241,24 @@ export async function cmdResume(ctx: CliContext, identity: string, opts: { json?
 }
 
 /** Posts a command to the run's owner; with no live owner this process becomes the owner. */
-async function deliver(ctx: CliContext, identity: string, runId: string, cmd: Parameters<typeof postCommand>[1], opts: { json?: boolean }, until: () => boolean): Promise<number> {
+async function deliver(
+  ctx: CliContext,
+  identity: string,
+  runId: string,
+  cmd: Parameters<typeof postCommand>[1],
+  opts: { json?: boolean; waiting?: string },
+  until: () => boolean,
+): Promise<number> {
   postCommand(commandsDir(ctx.home, identity, runId), cmd);
+  const since = Date.now();
+  let told = false;
   for (;;) {
     if (until()) return 0;
+    // Long work (a Dockerfile build) happens in the run's owner: say so once, not silently wait.
+    if (!told && opts.waiting && Date.now() - since > 2000) {
+      told = true;
+      info(opts.waiting);
+    }
     if (!ownerAlive(ctx, identity, runId)) {
       try {
         const h = RunHost.resume(await host(ctx, false, opts.json), identity, runId);
@@ -342,7 +356,11 @@ export async function cmdDecide(
     const p = foldedState(ctx, identity, runId).context.proposals.find((x) => x.id === proposalId);
     return p !== undefined && p.status !== 'pending' && p.status !== 'applying';
   };
-  const code = await deliver(ctx, identity, runId, cmd, opts, decided);
+  const waiting =
+    decision.approve && proposal.kind === 'dockerfile'
+      ? `bottle: the run's owner is building the image of ${proposalId} and will recreate the agent; this can take minutes (its progress: ${join(runDir(ctx.home, identity, runId), 'owner.log')} for a detached run)`
+      : `bottle: waiting for the run's owner to carry out the decision on ${proposalId}`;
+  const code = await deliver(ctx, identity, runId, cmd, { ...opts, waiting }, decided);
   const p = foldedState(ctx, identity, runId).context.proposals.find((x) => x.id === proposalId);
   if (opts.json) printJson({ identity, run: runId, id: proposalId, status: p?.status ?? null, error: p?.error ?? null });
   else info(`proposal ${proposalId}: ${p?.status}${p?.error ? ` (${p.error.message})` : ''}`);
