@@ -31,7 +31,13 @@ export type { Detection, SecretHash, SecretsConfig } from './secrets.js';
  * - The decision is made on the target the proxy dials: the allowlist first (a refused name is
  *   never even resolved), then the proxy resolves the name itself, refuses it when any address
  *   is forbidden (loopback, link-local, ... see policy.forbiddenAddress) and connects to the
- *   vetted address, never re-resolving (no DNS-rebinding window).
+ *   vetted address, never re-resolving (no DNS-rebinding window). A name's answer is kept 5 s
+ *   (resolveCacheMs); its addresses are checked again for every request.
+ * - Plain HTTP goes out on a keep-alive pool of upstream connections (upstream.ts UpstreamPool)
+ *   keyed by the vetted target: name, port and the vetted addresses, never a Host header. Every
+ *   request is decided against the policy in force before it reaches the pool; a reload closes
+ *   idle connections to the targets it drops. The client's connection to the proxy stays
+ *   keep-alive too. A tunnel always has its own upstream connection.
  * - A refusal is a 403 whose text names the host:port and the manifest key that would allow it.
  * - The canary (secrets.ts): a request in which the placeholder token or a real token is seen
  *   is refused with a 403 that never quotes it, and its audit line carries `alarm`. Checked
