@@ -18,11 +18,23 @@
  *              before its upstream pool), or with a keep-alive upstream Agent; they show
  *              where the proxy's time goes.
  * Then the same with one client (unloaded latency), and a POST whose body comes in a second
- * write 1 ms after its head, one client, direct / proxy / connect (Nagle's algorithm on a hop). Reports requests/second, per-request
+ * write 1 ms after its head, one client, direct / proxy / connect (Nagle's algorithm on a hop).
+ *
+ * That upstream answers in about 35 µs of CPU, so those figures are three processes' CPU on
+ * the machine's shared cores. A second scenario is closer to an agent's egress: a second
+ * upstream (servers.ts `upstream SERVICE_MS`) answers --service-ms ms (default 2) after each
+ * request, a timer (waiting, not CPU) like a registry or API, same body; the same proxy
+ * process has both upstreams on its allowlist. In every round, after the scenario above,
+ * direct / proxy / connect take turns slice by slice against it with each of --service-clients
+ * (default 1,8,32) clients, max(400, clients x --service-requests (150)) requests per mode.
+ *
+ * Reports requests/second, per-request
  * latency median and p99 (medians over rounds), the added latency and the throughput ratio
  * against `direct` (computed per round, median over rounds), CPU per request of each process
  * and new connections per request (client to proxy, proxy to upstream). Each slice opens
- * its clients' connections (and tunnels) before its clock starts.
+ * its clients' connections (and tunnels) before its clock starts. Then a table of the
+ * goals (at least 0.70x of direct req/s, added median under 1 ms) per scenario, clients and
+ * mode, and the RSS of the bench's proxy process after start and after all that load.
  *
  * Memory: bundles sidecars/egress/main.ts as scripts/build.mjs does (esbuild, node18, ESM)
  * into a temp dir (or takes --sidecar FILE, e.g. dist/sidecars/egress.mjs), runs it with
@@ -32,7 +44,8 @@
  * figure from a container of that image (--network none), unless --no-docker.
  *
  * Usage: npx tsx bench/egress/run.ts [ROUNDS=7] [--clients 8] [--requests 4000]
- *          [--latency-requests 800] [--slices 4] [--sidecar FILE] [--no-docker] [--json FILE]
+ *          [--latency-requests 800] [--slices 4] [--service-ms 2] [--service-clients 1,8,32]
+ *          [--service-requests 150] [--sidecar FILE] [--no-docker] [--json FILE]
  *
  * Talks only to 127.0.0.1 and to the container it starts itself (which has no network).
  */
@@ -47,7 +60,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
 const args = process.argv.slice(2);
-const VALUED = ['--clients', '--requests', '--latency-requests', '--slices', '--sidecar', '--json'];
+const VALUED = ['--clients', '--requests', '--latency-requests', '--slices', '--sidecar', '--json', '--service-ms', '--service-clients', '--service-requests'];
 const option = (name: string) => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : undefined;
@@ -63,6 +76,11 @@ const SIDECAR = option('--sidecar');
 const NO_DOCKER = args.includes('--no-docker');
 const JSON_OUT = option('--json');
 const MEMORY_REQUESTS = 1000;
+const SERVICE_MS = Number(option('--service-ms') ?? 2);
+const SERVICE_CLIENTS = (option('--service-clients') ?? '1,8,32').split(',').filter(Boolean).map(Number);
+/** Requests per mode and round in the service-time scenario: this many per client, at least 400. */
+const SERVICE_PER_CLIENT = Number(option('--service-requests') ?? 150);
+const serviceTotal = (clients: number) => Math.max(400, clients * SERVICE_PER_CLIENT);
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
@@ -79,7 +97,7 @@ const range = (xs: number[]) => [Math.min(...xs), Math.max(...xs)] as const;
 interface Child {
   proc: ChildProcess;
   port: number;
-  stats(): Promise<{ connections: number; cpuMs: number }>;
+  stats(): Promise<{ connections: number; cpuMs: number; rssMiB: number }>;
 }
 
 const children: ChildProcess[] = [];
@@ -95,8 +113,8 @@ async function startChild(argv: string[]): Promise<Child> {
     async stats() {
       proc.send({ type: 'stats' });
       for (;;) {
-        const [m] = (await once(proc, 'message')) as [{ type: string; connections: number; cpu: NodeJS.CpuUsage }];
-        if (m.type === 'stats') return { connections: m.connections, cpuMs: (m.cpu.user + m.cpu.system) / 1000 };
+        const [m] = (await once(proc, 'message')) as [{ type: string; connections: number; cpu: NodeJS.CpuUsage; rss: number }];
+        if (m.type === 'stats') return { connections: m.connections, cpuMs: (m.cpu.user + m.cpu.system) / 1000, rssMiB: m.rss / 2 ** 20 };
       }
     },
   };
@@ -167,14 +185,27 @@ interface Batch {
 
 type Mode = 'direct' | 'proxy' | 'connect' | 'noaudit' | 'bare-new' | 'bare-keepalive';
 const MODES: Mode[] = ['direct', 'proxy', 'connect', 'noaudit', 'bare-new', 'bare-keepalive'];
+/** The modes of the service-time scenario: the product only. */
+const SERVICE_MODES: Mode[] = ['direct', 'proxy', 'connect'];
 
-let upstream: Child;
+/**
+ * An upstream and the proxies in front of it. `trivial`: the upstream answers at once (about
+ * 35 µs of CPU), so the figures are the CPU of client, proxy and upstream on shared cores.
+ * `service`: the upstream answers SERVICE_MS ms after the request (a timer, as a registry or
+ * API whose answer takes milliseconds); same body, same proxy process.
+ */
+interface Scenario {
+  upstream: Child;
+  host: string;
+  via: Partial<Record<Mode, Child>>;
+}
+
 let proxy: Child;
-const via: Partial<Record<Mode, Child>> = {};
-let upstreamHost: string;
+let trivial: Scenario;
 
 /** Sets up the clients of one batch: fresh agents (and tunnels), connections opened before timing. */
-async function clientsFor(mode: Mode, clients: number): Promise<{ target: Target; close(): void; proxyChild?: Child }> {
+async function clientsFor(sc: Scenario, mode: Mode, clients: number): Promise<{ target: Target; close(): void; proxyChild?: Child }> {
+  const { upstream, host: upstreamHost, via } = sc;
   if (mode === 'connect') {
     const tunnels = await Promise.all(Array.from({ length: clients }, () => openTunnel(proxy.port, upstreamHost)));
     const agents = tunnels.map((s) => new TunnelAgent(s));
@@ -204,8 +235,9 @@ interface Slice {
 }
 
 /** One slice of a round: fresh clients, connections opened (not timed), then `total` timed requests. */
-async function measure(mode: Mode, clients: number, total: number): Promise<Slice> {
-  const { target, close, proxyChild } = await clientsFor(mode, clients);
+async function measure(sc: Scenario, mode: Mode, clients: number, total: number): Promise<Slice> {
+  const { upstream } = sc;
+  const { target, close, proxyChild } = await clientsFor(sc, mode, clients);
   try {
     // Warm-up: every client's connection is open (and JIT warm) before the clock starts.
     await Promise.all(Array.from({ length: clients }, (_, w) => get(target, w)));
@@ -305,6 +337,7 @@ function response(socket: net.Socket): Promise<void> {
  * client streaming a body, or TLS writing two records, does), on one connection, one at a time.
  */
 async function splitWrites(mode: SplitMode, total: number): Promise<number[]> {
+  const { upstream, host: upstreamHost } = trivial;
   let socket: net.Socket;
   if (mode === 'connect') socket = await openTunnel(proxy.port, upstreamHost);
   else {
@@ -516,18 +549,32 @@ async function main() {
       .map((l) => l.toFixed(2))
       .join(' ')}`,
   );
+  console.log(
+    `service-time scenario: the upstream answers ${SERVICE_MS} ms after each request (a timer), ${SERVICE_CLIENTS.join(' / ')} clients x ${SERVICE_CLIENTS.map(serviceTotal).join(' / ')} requests per mode`,
+  );
   const auditFile = join(tmp, 'audit.jsonl');
-  upstream = await startChild(['upstream']);
-  upstreamHost = `bench.test:${upstream.port}`;
-  proxy = await startChild(['proxy', String(upstream.port), auditFile]);
-  via.proxy = proxy;
-  via.connect = proxy;
-  via.noaudit = await startChild(['proxy', String(upstream.port), join(tmp, 'unused'), 'noaudit']);
-  via['bare-new'] = await startChild(['bare', String(upstream.port), 'new']);
-  via['bare-keepalive'] = await startChild(['bare', String(upstream.port), 'keepalive']);
+  const upstream = await startChild(['upstream']);
+  const slowUpstream = await startChild(['upstream', String(SERVICE_MS)]);
+  // One proxy for both upstreams (both ports on its allowlist), as one sidecar serves a bottle.
+  proxy = await startChild(['proxy', `${upstream.port},${slowUpstream.port}`, auditFile]);
+  const proxyStart = await proxy.stats();
+  trivial = {
+    upstream,
+    host: `bench.test:${upstream.port}`,
+    via: {
+      proxy,
+      connect: proxy,
+      noaudit: await startChild(['proxy', String(upstream.port), join(tmp, 'unused'), 'noaudit']),
+      'bare-new': await startChild(['bare', String(upstream.port), 'new']),
+      'bare-keepalive': await startChild(['bare', String(upstream.port), 'keepalive']),
+    },
+  };
+  const service: Scenario = { upstream: slowUpstream, host: `bench.test:${slowUpstream.port}`, via: { proxy, connect: proxy } };
+  const via = trivial.via;
 
   const loaded = Object.fromEntries(MODES.map((m) => [m, [] as Batch[]])) as Record<Mode, Batch[]>;
   const single = Object.fromEntries(MODES.map((m) => [m, [] as Batch[]])) as Record<Mode, Batch[]>;
+  const served = SERVICE_CLIENTS.map(() => Object.fromEntries(SERVICE_MODES.map((m) => [m, [] as Batch[]])) as Record<Mode, Batch[]>);
   const split: Record<SplitMode, number[][]> = { direct: [], proxy: [], connect: [] };
   let proxiedRequests = 0;
   let tunnels = 0;
@@ -538,22 +585,24 @@ async function main() {
   // Round 0 is a warm-up, not counted. Each round is cut into SLICES slices per mode, and the
   // modes take turns slice by slice (the order rotating), so a burst of other load on the
   // machine hits every mode alike.
+  // Both scenarios are in every round, so a burst of load hits them alike too.
   for (let round = 0; round <= ROUNDS; round++) {
     const scale = round === 0 ? 0.25 : 1;
-    for (const [set, clients, total] of [
-      [loaded, CLIENTS, REQUESTS],
-      [single, 1, LAT_REQUESTS],
+    for (const [sc, modes, set, clients, total] of [
+      [trivial, MODES, loaded, CLIENTS, REQUESTS],
+      [trivial, MODES, single, 1, LAT_REQUESTS],
+      ...SERVICE_CLIENTS.map((c, i) => [service, SERVICE_MODES, served[i]!, c, serviceTotal(c)] as const),
     ] as const) {
-      const slices = Object.fromEntries(MODES.map((m) => [m, [] as Slice[]])) as Record<Mode, Slice[]>;
+      const slices = Object.fromEntries(modes.map((m) => [m, [] as Slice[]])) as Record<Mode, Slice[]>;
       const n = Math.max(1, Math.round((total * scale) / SLICES));
       for (let k = 0; k < SLICES; k++) {
         const turn = round * SLICES + k;
-        for (const mode of MODES.map((_, i) => MODES[(i + turn) % MODES.length]!)) {
-          slices[mode].push(await measure(mode, clients, n));
+        for (const mode of modes.map((_, i) => modes[(i + turn) % modes.length]!)) {
+          slices[mode].push(await measure(sc, mode, clients, n));
           count(mode, clients, n);
         }
       }
-      if (round > 0) for (const mode of MODES) set[mode].push(combine(slices[mode]));
+      if (round > 0) for (const mode of modes) set[mode].push(combine(slices[mode]));
     }
     {
       const turn = round;
@@ -571,6 +620,11 @@ async function main() {
         return `${m} ${b.rps.toFixed(0)}/s (${f2(b.rps / d.rps)}x)`;
       });
       console.log(`round ${round}, ${CLIENTS} clients: direct ${d.rps.toFixed(0)}/s, ${line.join(', ')}`);
+      const svc = SERVICE_CLIENTS.map((c, i) => {
+        const r = (m: Mode) => served[i]![m].at(-1)!.rps;
+        return `${c}: direct ${r('direct').toFixed(0)}/s, proxy ${f2(r('proxy') / r('direct'))}x, connect ${f2(r('connect') / r('direct'))}x`;
+      });
+      console.log(`round ${round}, ${SERVICE_MS} ms upstream, clients ${svc.join('; ')}`);
     }
   }
   const benchSeconds = (performance.now() - started) / 1000;
@@ -591,25 +645,46 @@ async function main() {
     return { ratio: median(ratio), ratioRange: range(ratio), addedP50: median(add50), addedP50Range: range(add50), addedP99: median(add99) };
   };
 
-  const report: Record<string, unknown> = { date: new Date().toISOString(), node: process.version, cpus: cpus().length, rounds: ROUNDS, clients: CLIENTS, requests: REQUESTS, latencyRequests: LAT_REQUESTS };
-  for (const [label, set, clients] of [
-    ['loaded', loaded, CLIENTS],
-    ['single', single, 1],
-  ] as const) {
-    console.log(`\n${clients} client(s), medians of ${ROUNDS} rounds:`);
+  const report: Record<string, unknown> = {
+    date: new Date().toISOString(),
+    node: process.version,
+    cpus: cpus().length,
+    rounds: ROUNDS,
+    clients: CLIENTS,
+    requests: REQUESTS,
+    latencyRequests: LAT_REQUESTS,
+    serviceMs: SERVICE_MS,
+    serviceClients: SERVICE_CLIENTS,
+  };
+  const goals: string[] = [];
+  const tables: [string, string, Record<Mode, Batch[]>, number, Mode[]][] = [
+    ['loaded', 'trivial upstream', loaded, CLIENTS, MODES],
+    ['single', 'trivial upstream', single, 1, MODES],
+    ...SERVICE_CLIENTS.map((c, i) => [`service${c}`, `${SERVICE_MS} ms upstream`, served[i]!, c, SERVICE_MODES] as [string, string, Record<Mode, Batch[]>, number, Mode[]]),
+  ];
+  for (const [label, scenario, set, clients, modes] of tables) {
+    console.log(`\n${scenario}, ${clients} client(s), medians of ${ROUNDS} rounds:`);
     console.log('| mode | req/s (range) | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s vs direct (range) | CPU µs/req client / proxy / upstream | new conns/req to proxy / upstream |');
     console.log('|---|---|---|---|---|---|---|---|---|');
     const out: Record<string, unknown> = {};
-    for (const mode of MODES) {
+    for (const mode of modes) {
       const s = summary(set[mode]);
       const v = mode === 'direct' ? undefined : versus(set, mode);
       out[mode] = { ...s, ...v };
       console.log(
         `| ${mode} | ${s.rps.toFixed(0)} (${s.rpsRange.map((x) => x.toFixed(0)).join('–')}) | ${f3(s.p50)} | ${f3(s.p99)} | ${v ? f3(v.addedP50) : '–'} | ${v ? f3(v.addedP99) : '–'} | ${v ? `${f2(v.ratio)}x (${v.ratioRange.map(f2).join('–')})` : '–'} | ${f1(s.cpu.client!)} / ${s.cpu.proxy !== undefined ? f1(s.cpu.proxy) : '–'} / ${f1(s.cpu.upstream!)} | ${mode === 'direct' ? '–' : f2(s.proxyConnsPerRequest)} / ${f2(s.upstreamConnsPerRequest)} |`,
       );
+      if (v && (mode === 'proxy' || mode === 'connect'))
+        goals.push(
+          `| ${scenario} | ${clients} | ${mode} | ${f2(v.ratio)}x: ${v.ratio >= 0.7 ? 'met' : 'not met'} | +${f3(v.addedP50)} ms: ${v.addedP50 < 1 ? 'met' : 'not met'} | +${f3(v.addedP99)} ms | ${f1(s.cpu.proxy!)} |`,
+        );
     }
     report[label] = out;
   }
+  console.log('\ngoals (at least 0.70x of direct req/s; added median under 1 ms), medians of rounds:');
+  console.log('| scenario | clients | mode | req/s vs direct | added p50 | added p99 | proxy CPU µs/req |');
+  console.log('|---|---|---|---|---|---|---|');
+  for (const g of goals) console.log(g);
   {
     console.log(`\na POST in two writes (head, then the body 1 ms later), 1 client, ${SPLIT_REQUESTS} a round, ${ROUNDS} rounds:`);
     console.log('| mode | p50 ms (median of rounds) | p90 ms (all) | added p50 ms |');
@@ -632,7 +707,14 @@ async function main() {
   );
   report.audit = { lines: auditLines.length, expected: proxiedRequests + tunnels, bytesPerLine: auditBytes / auditLines.length };
   console.log(`throughput part: ${benchSeconds.toFixed(1)} s`);
-  for (const c of [upstream, ...new Set(Object.values(via))]) c.proc.disconnect();
+  const proxyEnd = await proxy.stats();
+  await sleep(2000);
+  const proxyLater = await proxy.stats();
+  console.log(
+    `the bench's proxy process (createEgressProxy under tsx, both scenarios): RSS ${f1(proxyStart.rssMiB)} MiB after start, ${f1(proxyEnd.rssMiB)} MiB right after the throughput part (${proxiedRequests} forwarded requests, ${tunnels} tunnels), ${f1(proxyLater.rssMiB)} MiB 2 s later`,
+  );
+  report.proxyProcess = { rssStartMiB: proxyStart.rssMiB, rssEndMiB: proxyEnd.rssMiB, rssLaterMiB: proxyLater.rssMiB };
+  for (const c of [upstream, slowUpstream, ...new Set(Object.values(via))]) c.proc.disconnect();
 
   const mem = await sidecarMemory();
   report.memory = mem;

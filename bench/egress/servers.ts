@@ -2,10 +2,14 @@
  * The child processes of bench/egress/run.ts (forked, so each has its own event loop and CPU
  * as in production, where the agent, the egress sidecar and the upstream are separate):
  *
- *   upstream               an HTTP server on 127.0.0.1 answering every request with the same
- *                          small body (keep-alive); counts its TCP connections.
- *   proxy UPSTREAM_PORT AUDIT_FILE [noaudit]
- *                          createEgressProxy on 127.0.0.1 with the allowlist `bench.test:PORT`,
+ *   upstream [SERVICE_MS]  an HTTP server on 127.0.0.1 answering every request with the same
+ *                          small body (keep-alive); counts its TCP connections. With SERVICE_MS
+ *                          > 0 it answers SERVICE_MS ms after the request has come in whole
+ *                          (a timer: waiting, not CPU, as a registry or API that takes that
+ *                          long to answer).
+ *   proxy UPSTREAM_PORT[,PORT...] AUDIT_FILE [noaudit]
+ *                          createEgressProxy on 127.0.0.1 with the allowlist `bench.test:PORT`
+ *                          for each PORT,
  *                          an injected resolver mapping bench.test (only) to 127.0.0.1, and the
  *                          real address policy except that 127.0.0.1 is let through (this bench
  *                          only: production refuses loopback), its defaults otherwise (the
@@ -20,7 +24,7 @@
  *                          connection per request (`new`, as the egress proxy did before its
  *                          upstream pool) or a keep-alive upstream Agent (`keepalive`).
  *
- * Both answer the parent's { type: 'stats' } with their CPU time and connection count.
+ * All answer the parent's { type: 'stats' } with their CPU time, connection count and RSS.
  * Nothing here listens on anything but 127.0.0.1 or dials anything but 127.0.0.1.
  */
 import http from 'node:http';
@@ -44,19 +48,24 @@ function serve(server: http.Server) {
 }
 
 if (role === 'upstream') {
+  const serviceMs = Number(upstreamPortText ?? 0);
+  const answer = (res: http.ServerResponse) => {
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': BODY.length });
+    res.end(BODY);
+  };
   const server = http.createServer({ keepAliveTimeout: 120_000 }, (req, res) => {
     req.resume();
     req.on('end', () => {
-      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': BODY.length });
-      res.end(BODY);
+      if (serviceMs > 0) setTimeout(answer, serviceMs, res);
+      else answer(res);
     });
   });
   serve(server);
 } else if (role === 'proxy') {
-  const upstreamPort = Number(upstreamPortText);
+  const upstreamPorts = (upstreamPortText ?? '').split(',').map(Number);
   const log = flag === 'noaudit' ? undefined : openAuditLog(auditFile);
   const proxy = createEgressProxy({
-    allowlist: [`bench.test:${upstreamPort}`],
+    allowlist: upstreamPorts.map((p) => `bench.test:${p}`),
     bottle: 'bench',
     resolve: async (host) => {
       if (host === 'bench.test') return ['127.0.0.1'];
@@ -90,6 +99,6 @@ if (role === 'upstream') {
 }
 
 process.on('message', (m: { type: string }) => {
-  if (m.type === 'stats') process.send?.({ type: 'stats', connections, cpu: process.cpuUsage() });
+  if (m.type === 'stats') process.send?.({ type: 'stats', connections, cpu: process.cpuUsage(), rss: process.memoryUsage.rss() });
 });
 process.on('disconnect', () => process.exit(0));
