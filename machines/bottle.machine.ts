@@ -53,7 +53,8 @@ export interface Proposal {
   status: ProposalStatus;
   receivedAt: number;
   decidedAt?: number;
-  decision?: { by: string; reason?: string; secretRef?: string };
+  /** secretHash: `<length>:<sha256>` of a route's secret, so the egress canary knows it (never the value). */
+  decision?: { by: string; reason?: string; secretRef?: string; secretHash?: string };
   error?: ErrorData;
 }
 
@@ -85,7 +86,7 @@ export type BottleEvent =
       proposal: { id: string; kind: ProposalKind; reason: string; change: Record<string, unknown> };
       at: number;
     }
-  | { type: 'proposal.approve'; commandId: string; id: string; by: string; secretRef?: string; at: number }
+  | { type: 'proposal.approve'; commandId: string; id: string; by: string; secretRef?: string; secretHash?: string; at: number }
   | { type: 'proposal.deny'; commandId: string; id: string; by: string; reason?: string; at: number }
   /** The agent wrote this many bytes of output (the log of the run keeps their volume). */
   | { type: 'agent.output'; bytes: number };
@@ -253,7 +254,7 @@ export const bottleMachine = setup({
         commandsSeen: [...context.commandsSeen, event.commandId],
         proposals: context.proposals.map((p) =>
           p.id === event.id
-            ? { ...p, status: 'applying' as const, decidedAt: event.at, decision: { by: event.by, ...(event.secretRef ? { secretRef: event.secretRef } : {}) } }
+            ? { ...p, status: 'applying' as const, decidedAt: event.at, decision: { by: event.by, ...(event.secretRef ? { secretRef: event.secretRef } : {}), ...(event.secretHash ? { secretHash: event.secretHash } : {}) } }
             : p,
         ),
       };

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { placeholderToken, PROMPT_PATH, type BottlePlan, type SidecarPlan } from './plan.js';
 import { GIT_GATE_CONFIG_PATH } from './git-gate.js';
 import { type ContainerSpec, type FileToPut, LABEL, type Labels, type Role } from './ports.js';
@@ -57,6 +58,17 @@ export function agentSpec(
 /** uid/gid of the `sidecar` user in the sidecar image. */
 export const SIDECAR_UID = 1001;
 export const EGRESS_ALLOWLIST_PATH = '/run/bottle/egress/allowlist';
+/** More token hashes for the egress canary, rewritten while the bottle runs. */
+export const EGRESS_HASHES_PATH = '/run/bottle/egress/secret-hashes';
+
+/** How the egress canary knows a token without holding it: `<length in bytes>:<sha256 hex>`. */
+export function secretHash(token: string): string {
+  return `${Buffer.byteLength(token)}:${createHash('sha256').update(token).digest('hex')}`;
+}
+
+export function egressHashesFile(hashes: Iterable<string>): FileToPut {
+  return { containerPath: EGRESS_HASHES_PATH, content: [...new Set(hashes)].sort().map((h) => `${h}\n`).join(''), mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID };
+}
 
 /** The egress allowlist file as the sidecar reads it: one entry a line. */
 export function allowlistFile(entries: readonly string[]): { containerPath: string; content: string; mode: number; uid: number; gid: number } {
@@ -89,6 +101,7 @@ export function sidecarSpec(
         ? {
             BOTTLE_EGRESS_ALLOWLIST: EGRESS_ALLOWLIST_PATH,
             BOTTLE_EGRESS_DENY: gateways.join(','),
+            BOTTLE_EGRESS_SECRET_HASHES_FILE: EGRESS_HASHES_PATH,
             // The canary: the placeholder, and the route tokens only as `<length>:<sha256>`, so the
             // proxy can block a credential leaving in a request without ever holding one.
             ...(plan.routes.length > 0 ? { BOTTLE_EGRESS_CANARY: placeholderToken(runId) } : {}),

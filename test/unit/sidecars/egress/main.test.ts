@@ -102,6 +102,40 @@ describe('egress main', () => {
     expect(out.stderr).toContain('ALARM (token)');
   });
 
+  it('learns more token hashes from its hashes file while it runs (a rotated token, a route approved later)', async () => {
+    const d = tempDir();
+    const file = join(d, 'allowlist');
+    const hashesFile = join(d, 'secret-hashes');
+    const auditFile = join(d, 'egress.jsonl');
+    writeFileSync(file, 'allowed.test\n');
+    const first = 'sk-first-0123456789abcdef';
+    const later = 'sk-later-fedcba9876543210';
+    const hash = (t: string) => `${t.length}:${createHash('sha256').update(t).digest('hex')}`;
+    const port = await freePort();
+    const { out } = runMain(MAIN, {
+      BOTTLE_SIDECAR_PORT: String(port),
+      BOTTLE_EGRESS_ALLOWLIST: file,
+      BOTTLE_EGRESS_AUDIT: auditFile,
+      BOTTLE_EGRESS_SECRET_HASHES: hash(first),
+      BOTTLE_EGRESS_SECRET_HASHES_FILE: hashesFile,
+    });
+    await until(() => out.stdout.includes('ready'), 'ready', 20_000);
+    const ask = (t: string) => get(port, `GET http://denied.test/ HTTP/1.1\r\nHost: denied.test\r\nX-Leak: ${t}\r\nConnection: close\r\n\r\n`);
+    // Without the file only the env's hash is known: the later token is an ordinary denial.
+    expect(await ask(first)).toMatch(/X-Leak header/);
+    expect(await ask(later)).not.toMatch(/X-Leak header/);
+    writeFileSync(`${hashesFile}.tmp`, `${hash(later)}\nnot a hash\n`);
+    renameSync(`${hashesFile}.tmp`, hashesFile);
+    await until(() => out.stderr.includes('canary reloaded: 2 token hash(es)'), 'the hashes file read');
+    expect(await ask(later)).toMatch(/^HTTP\/1\.1 403 [\s\S]*X-Leak header/);
+    expect(await ask(first)).toMatch(/X-Leak header/);
+    expect(out.stderr).toContain('line is ignored');
+    for (const text of [out.stderr, out.stdout, readFileSync(auditFile, 'utf8')]) {
+      expect(text).not.toContain(first);
+      expect(text).not.toContain(later);
+    }
+  });
+
   it('says ready, answers /healthz, denies with the bottle name, audits to the file, and fails its health check when the allowlist goes away', async () => {
     const d = tempDir();
     const file = join(d, 'allowlist');
