@@ -33,7 +33,7 @@ export interface ManifestIssue {
 type PathSegment = PropertyKey;
 
 /** A string schema whose extra rule is a plain function returning a message or undefined. */
-function checkedString(problem: (value: string) => string | undefined) {
+export function checkedString(problem: (value: string) => string | undefined) {
   return z.string().superRefine((value, ctx) => {
     const message = problem(value);
     if (message !== undefined) ctx.addIssue({ code: 'custom', message });
@@ -41,7 +41,7 @@ function checkedString(problem: (value: string) => string | undefined) {
 }
 
 /** Unknown keys are errors everywhere; the message lists what is allowed at that place. */
-function strict<T extends z.core.$ZodLooseShape>(shape: T) {
+export function strict<T extends z.core.$ZodLooseShape>(shape: T) {
   const allowed = Object.keys(shape).join(', ');
   return z.strictObject(shape, {
     error: (iss) => (iss.code === 'unrecognized_keys' ? `unknown key (allowed here: ${allowed})` : undefined),

@@ -16,7 +16,7 @@ import {
   routeRoleProblem,
   routeUpstreamProblem,
 } from '../../config/field-rules.js';
-import { formatPath } from '../../config/manifest.js';
+import { checkedString, formatPath, strict } from '../../config/manifest.js';
 
 export const PROPOSAL_KINDS = ['allowlist', 'dockerfile', 'route'] as const;
 export type ProposalKind = (typeof PROPOSAL_KINDS)[number];
@@ -101,21 +101,6 @@ const SECRET_MESSAGE =
   'a proposal never carries a secret: the human names the secret when approving the route (bottle approve ... --token-env NAME or --token-file PATH)';
 
 // ---- schemas ----------------------------------------------------------------------------
-
-function checkedString(problem: (value: string) => string | undefined) {
-  return z.string().superRefine((value, ctx) => {
-    const message = problem(value);
-    if (message !== undefined) ctx.addIssue({ code: 'custom', message });
-  });
-}
-
-/** Unknown keys are errors; the message lists what is allowed at that place (see issuesOf for secret-like keys). */
-function strict<T extends z.core.$ZodLooseShape>(shape: T) {
-  const allowed = Object.keys(shape).join(', ');
-  return z.strictObject(shape, {
-    error: (iss) => (iss.code === 'unrecognized_keys' ? `unknown key (allowed here: ${allowed})` : undefined),
-  });
-}
 
 const Reason = z.string().min(1).max(LIMITS.reasonChars).superRefine((value, ctx) => {
   const message = reasonProblem(value);

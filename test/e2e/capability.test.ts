@@ -8,7 +8,7 @@ import { names } from '../../machines/names.js';
 import { readLockOwner } from '../../store/lock.js';
 import { eventsFile, lockFile } from '../../store/paths.js';
 import { bottle, type CliResult, ensureBuilt, MAIN } from '../support/cli.js';
-import { docker, execIn, removeAllLabelled, SUITE_ID } from '../support/docker.js';
+import { docker, execIn, SUITE_ID } from '../support/docker.js';
 import { demux } from '../support/images.js';
 import { json, show, waitFor } from '../support/e2e.js';
 import { connectNetwork, startUpstreams, type UpstreamNet } from '../support/egress.js';
@@ -16,11 +16,8 @@ import { ensureTestImages } from '../support/images.js';
 import {
   agentName,
   cli,
-  endStrayRuns,
   filesContaining,
-  leftovers,
-  removeBottleObjects,
-  removeTempDirs,
+  finishBottleSuite,
   results,
   runDetached,
   type SecBottle,
@@ -216,15 +213,7 @@ beforeAll(async () => {
   up = await startUpstreams(images.sidecar, [{ name: 'later', aliases: ['later.test'], ports: ['80'] }]);
 }, 900_000);
 
-afterAll(async () => {
-  await endStrayRuns();
-  const left: string[] = [];
-  for (const identity of identities) left.push(...(await leftovers(identity)));
-  for (const identity of identities) await removeBottleObjects(identity);
-  await removeAllLabelled(suiteLabels);
-  removeTempDirs();
-  expect(left, 'objects the bottles left behind').toEqual([]);
-}, 120_000);
+afterAll(() => finishBottleSuite(identities), 120_000);
 
 let otherBottleProposal = '';
 

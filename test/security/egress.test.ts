@@ -4,7 +4,6 @@ import { names } from '../../machines/names.js';
 import { postCommand } from '../../store/mailbox.js';
 import { commandsDir } from '../../store/paths.js';
 import { type CliResult, ensureBuilt } from '../support/cli.js';
-import { removeAllLabelled } from '../support/docker.js';
 import { json, show, waitFor } from '../support/e2e.js';
 import {
   addHostsEntries,
@@ -34,19 +33,14 @@ import {
 import { ensureTestImages } from '../support/images.js';
 import {
   type AttachedRun,
-  assertNothingLabelled,
   cli,
-  endStrayRuns,
-  identityLabels,
+  finishBottleSuite,
   leftovers,
   PRELUDE,
-  removeBottleObjects,
   results,
   runAttached,
   type SecBottle,
-  suiteLabels,
   track,
-  removeTempDirs,
   waitForLog,
 } from '../support/security.js';
 
@@ -116,16 +110,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await brokenLaunches?.catch(() => undefined);
-  await endStrayRuns();
-  // What the bottles left is a product failure: note it before sweeping, fail after.
-  const left: string[] = [];
-  for (const identity of identities) left.push(...(await leftovers(identity)));
-  for (const identity of identities) await removeBottleObjects(identity);
-  await removeAllLabelled(suiteLabels);
-  removeTempDirs();
-  expect(left, 'objects the bottles of this file left behind').toEqual([]);
-  for (const identity of identities) await assertNothingLabelled(identityLabels(identity));
-  await assertNothingLabelled(suiteLabels);
+  await finishBottleSuite(identities);
 });
 
 /** Connections an upstream accepted since the control. */

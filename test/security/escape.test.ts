@@ -4,37 +4,35 @@ import type Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { names } from '../../machines/names.js';
 import { ensureBuilt } from '../support/cli.js';
-import { docker, removeAllLabelled } from '../support/docker.js';
+import { docker, } from '../support/docker.js';
 import { ensureTestImages } from '../support/images.js';
 import {
   type AttachedRun,
-  assertNothingLabelled,
+  attachServer,
   bottleContainers,
   bottleNetworks,
   cli,
   controlReach,
+  createSuiteNetwork,
   dumped,
-  endStrayRuns,
   filesContaining,
-  type TestServer,
+  finishBottleSuite,
   hostArgvContaining,
-  identityLabels,
   identityOf,
   KERNEL_PROBE,
   leftovers,
   listFiles,
-  notPrivate,
   mounts,
   needle,
   networkProbe,
   newBottle,
   newSecret,
+  notPrivate,
   POSTURE_PROBE,
   PRELUDE,
   procStatus,
   readyThenRead,
   removeBottleObjects,
-  removeTempDirs,
   results,
   roleOf,
   routes4,
@@ -43,13 +41,11 @@ import {
   runAttached,
   runDetached,
   type SecBottle,
-  SOCKET_PROBE,
   secretScan,
+  SOCKET_PROBE,
   startServer,
-  createSuiteNetwork,
-  attachServer,
-  suiteLabels,
   tempProject,
+  type TestServer,
   track,
   unexpectedMounts,
   waitForLog,
@@ -87,19 +83,7 @@ beforeAll(async () => {
   expect(await server.connections()).toHaveLength(2);
 });
 
-afterAll(async () => {
-  await endStrayRuns();
-  // What the bottles left is a product failure: note it before sweeping, fail after.
-  const left: string[] = [];
-  for (const identity of identities) left.push(...(await leftovers(identity)));
-  for (const identity of identities) await removeBottleObjects(identity);
-  await removeAllLabelled(suiteLabels);
-  removeTempDirs();
-  expect(left, 'objects the bottles of this file left behind').toEqual([]);
-  // And the sweep itself worked: nothing of any bottle, nothing of the suite's own.
-  for (const identity of identities) await assertNothingLabelled(identityLabels(identity));
-  await assertNothingLabelled(suiteLabels);
-});
+afterAll(() => finishBottleSuite(identities));
 
 interface Observed {
   agent: Docker.ContainerInspectInfo;

@@ -4,6 +4,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
+import { expect } from 'vitest';
 import type Docker from 'dockerode';
 import { slugify } from '../../machines/names.js';
 import { LABEL, type Labels } from '../../machines/ports.js';
@@ -451,6 +452,24 @@ export async function leftovers(identity: string): Promise<string[]> {
 }
 
 export { assertNothingLabelled, suiteLabels };
+
+/**
+ * The end of a file of bottle tests: ends attached runs it left, notes what its bottles left
+ * behind (a product failure), sweeps that and everything of the suite, removes its temp
+ * folders, then fails if anything was left or the sweep itself did not work.
+ */
+export async function finishBottleSuite(identities: Iterable<string>): Promise<void> {
+  await endStrayRuns();
+  const ids = [...identities];
+  const left: string[] = [];
+  for (const identity of ids) left.push(...(await leftovers(identity)));
+  for (const identity of ids) await removeBottleObjects(identity);
+  await removeAllLabelled(suiteLabels);
+  removeTempDirs();
+  expect(left, 'objects the bottles of this file left behind').toEqual([]);
+  for (const identity of ids) await assertNothingLabelled(identityLabels(identity));
+  await assertNothingLabelled(suiteLabels);
+}
 
 export interface TestServer {
   /** The suite's own network the server starts on; no bottle is ever attached to it. */
