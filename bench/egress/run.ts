@@ -97,7 +97,7 @@ const range = (xs: number[]) => [Math.min(...xs), Math.max(...xs)] as const;
 interface Child {
   proc: ChildProcess;
   port: number;
-  stats(): Promise<{ connections: number; cpuMs: number; rssMiB: number }>;
+  stats(): Promise<{ connections: number; cpuMs: number; rssMiB: number; answered: number; waitedMs: number }>;
 }
 
 const children: ChildProcess[] = [];
@@ -113,8 +113,9 @@ async function startChild(argv: string[]): Promise<Child> {
     async stats() {
       proc.send({ type: 'stats' });
       for (;;) {
-        const [m] = (await once(proc, 'message')) as [{ type: string; connections: number; cpu: NodeJS.CpuUsage; rss: number }];
-        if (m.type === 'stats') return { connections: m.connections, cpuMs: (m.cpu.user + m.cpu.system) / 1000, rssMiB: m.rss / 2 ** 20 };
+        const [m] = (await once(proc, 'message')) as [{ type: string; connections: number; cpu: NodeJS.CpuUsage; rss: number; answered: number; waitedMs: number }];
+        if (m.type === 'stats')
+          return { connections: m.connections, cpuMs: (m.cpu.user + m.cpu.system) / 1000, rssMiB: m.rss / 2 ** 20, answered: m.answered, waitedMs: m.waitedMs };
       }
     },
   };
@@ -181,6 +182,8 @@ interface Batch {
   cpu: Record<string, number>;
   upstreamConnsPerRequest: number;
   proxyConnsPerRequest: number;
+  /** Mean ms from a request's end at the upstream to its answer (its timer, as it fired). */
+  upstreamWaitMs: number;
 }
 
 type Mode = 'direct' | 'proxy' | 'connect' | 'noaudit' | 'bare-new' | 'bare-keepalive';
@@ -232,6 +235,8 @@ interface Slice {
   cpuMs: Record<string, number>;
   upstreamConns: number;
   proxyConns: number;
+  upstreamAnswered: number;
+  upstreamWaitedMs: number;
 }
 
 /** One slice of a round: fresh clients, connections opened (not timed), then `total` timed requests. */
@@ -266,6 +271,8 @@ async function measure(sc: Scenario, mode: Mode, clients: number, total: number)
       lat,
       cpuMs,
       upstreamConns: up.connections - before.up.connections,
+      upstreamAnswered: up.answered - before.up.answered,
+      upstreamWaitedMs: up.waitedMs - before.up.waitedMs,
       proxyConns: px && before.px ? px.connections - before.px.connections : 0,
     };
   } finally {
@@ -293,6 +300,7 @@ function combine(slices: Slice[]): Batch {
     cpu,
     upstreamConnsPerRequest: slices.reduce((n, s) => n + s.upstreamConns, 0) / requests,
     proxyConnsPerRequest: slices.reduce((n, s) => n + s.proxyConns, 0) / requests,
+    upstreamWaitMs: slices.reduce((n, s) => n + s.upstreamWaitedMs, 0) / slices.reduce((n, s) => n + s.upstreamAnswered, 0),
   };
 }
 
@@ -637,6 +645,7 @@ async function main() {
     cpu: Object.fromEntries(Object.keys(bs[0]!.cpu).map((k) => [k, median(bs.map((b) => b.cpu[k]!))])),
     upstreamConnsPerRequest: median(bs.map((b) => b.upstreamConnsPerRequest)),
     proxyConnsPerRequest: median(bs.map((b) => b.proxyConnsPerRequest)),
+    upstreamWaitMs: median(bs.map((b) => b.upstreamWaitMs)),
   });
   const versus = (set: Record<Mode, Batch[]>, mode: Mode) => {
     const ratio = set[mode].map((b, i) => b.rps / set.direct[i]!.rps);
@@ -664,15 +673,15 @@ async function main() {
   ];
   for (const [label, scenario, set, clients, modes] of tables) {
     console.log(`\n${scenario}, ${clients} client(s), medians of ${ROUNDS} rounds:`);
-    console.log('| mode | req/s (range) | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s vs direct (range) | CPU µs/req client / proxy / upstream | new conns/req to proxy / upstream |');
-    console.log('|---|---|---|---|---|---|---|---|---|');
+    console.log('| mode | req/s (range) | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s vs direct (range) | CPU µs/req client / proxy / upstream | new conns/req to proxy / upstream | upstream wait ms |');
+    console.log('|---|---|---|---|---|---|---|---|---|---|');
     const out: Record<string, unknown> = {};
     for (const mode of modes) {
       const s = summary(set[mode]);
       const v = mode === 'direct' ? undefined : versus(set, mode);
       out[mode] = { ...s, ...v };
       console.log(
-        `| ${mode} | ${s.rps.toFixed(0)} (${s.rpsRange.map((x) => x.toFixed(0)).join('–')}) | ${f3(s.p50)} | ${f3(s.p99)} | ${v ? f3(v.addedP50) : '–'} | ${v ? f3(v.addedP99) : '–'} | ${v ? `${f2(v.ratio)}x (${v.ratioRange.map(f2).join('–')})` : '–'} | ${f1(s.cpu.client!)} / ${s.cpu.proxy !== undefined ? f1(s.cpu.proxy) : '–'} / ${f1(s.cpu.upstream!)} | ${mode === 'direct' ? '–' : f2(s.proxyConnsPerRequest)} / ${f2(s.upstreamConnsPerRequest)} |`,
+        `| ${mode} | ${s.rps.toFixed(0)} (${s.rpsRange.map((x) => x.toFixed(0)).join('–')}) | ${f3(s.p50)} | ${f3(s.p99)} | ${v ? f3(v.addedP50) : '–'} | ${v ? f3(v.addedP99) : '–'} | ${v ? `${f2(v.ratio)}x (${v.ratioRange.map(f2).join('–')})` : '–'} | ${f1(s.cpu.client!)} / ${s.cpu.proxy !== undefined ? f1(s.cpu.proxy) : '–'} / ${f1(s.cpu.upstream!)} | ${mode === 'direct' ? '–' : f2(s.proxyConnsPerRequest)} / ${f2(s.upstreamConnsPerRequest)} | ${f3(s.upstreamWaitMs)} |`,
       );
       if (v && (mode === 'proxy' || mode === 'connect'))
         goals.push(

@@ -24,11 +24,13 @@
  *                          connection per request (`new`, as the egress proxy did before its
  *                          upstream pool) or a keep-alive upstream Agent (`keepalive`).
  *
- * All answer the parent's { type: 'stats' } with their CPU time, connection count and RSS.
+ * All answer the parent's { type: 'stats' } with their CPU time, connection count and RSS (and
+ * the upstream with its answers and their summed wait, request end to answer).
  * Nothing here listens on anything but 127.0.0.1 or dials anything but 127.0.0.1.
  */
 import http from 'node:http';
 import type net from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { forbiddenAddress } from '../../sidecars/egress/policy.js';
 import { createEgressProxy, openAuditLog } from '../../sidecars/egress/proxy.js';
 
@@ -36,6 +38,9 @@ const BODY = Buffer.from(`${'egress bench upstream '.repeat(3)}\n`); // 67 bytes
 
 const [role, upstreamPortText, auditFile, flag] = process.argv.slice(2);
 let connections = 0;
+/** The upstream's answers and the time from each request's end to its answer (the wait). */
+let answered = 0;
+let waitedMs = 0;
 
 function serve(server: http.Server) {
   server.on('connection', (s: net.Socket) => {
@@ -49,15 +54,17 @@ function serve(server: http.Server) {
 
 if (role === 'upstream') {
   const serviceMs = Number(upstreamPortText ?? 0);
-  const answer = (res: http.ServerResponse) => {
+  const answer = (res: http.ServerResponse, since: number) => {
+    answered += 1;
+    waitedMs += performance.now() - since;
     res.writeHead(200, { 'content-type': 'text/plain', 'content-length': BODY.length });
     res.end(BODY);
   };
   const server = http.createServer({ keepAliveTimeout: 120_000 }, (req, res) => {
     req.resume();
     req.on('end', () => {
-      if (serviceMs > 0) setTimeout(answer, serviceMs, res);
-      else answer(res);
+      if (serviceMs > 0) setTimeout(answer, serviceMs, res, performance.now());
+      else answer(res, performance.now());
     });
   });
   serve(server);
@@ -99,6 +106,6 @@ if (role === 'upstream') {
 }
 
 process.on('message', (m: { type: string }) => {
-  if (m.type === 'stats') process.send?.({ type: 'stats', connections, cpu: process.cpuUsage(), rss: process.memoryUsage.rss() });
+  if (m.type === 'stats') process.send?.({ type: 'stats', connections, cpu: process.cpuUsage(), rss: process.memoryUsage.rss(), answered, waitedMs });
 });
 process.on('disconnect', () => process.exit(0));
