@@ -23,7 +23,8 @@
  * That upstream answers in about 35 µs of CPU, so those figures are three processes' CPU on
  * the machine's shared cores. A second scenario is closer to an agent's egress: a second
  * upstream (servers.ts `upstream SERVICE_MS`) answers --service-ms ms (default 2) after each
- * request, a timer (waiting, not CPU) like a registry or API, same body; the same proxy
+ * request (plus a uniform random 0 to --service-jitter-ms, default 0), a timer (waiting, not
+ * CPU) like a registry or API, same body; the same proxy
  * process has both upstreams on its allowlist. In every round, after the scenario above,
  * direct / proxy / connect take turns slice by slice against it with each of --service-clients
  * (default 1,8,32) clients, max(400, clients x --service-requests (150)) requests per mode.
@@ -44,7 +45,8 @@
  * figure from a container of that image (--network none), unless --no-docker.
  *
  * Usage: npx tsx bench/egress/run.ts [ROUNDS=7] [--clients 8] [--requests 4000]
- *          [--latency-requests 800] [--slices 4] [--service-ms 2] [--service-clients 1,8,32]
+ *          [--latency-requests 800] [--slices 4] [--service-ms 2] [--service-jitter-ms 0]
+ *          [--service-clients 1,8,32]
  *          [--service-requests 150] [--sidecar FILE] [--no-docker] [--json FILE]
  *
  * Talks only to 127.0.0.1 and to the container it starts itself (which has no network).
@@ -60,7 +62,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
 const args = process.argv.slice(2);
-const VALUED = ['--clients', '--requests', '--latency-requests', '--slices', '--sidecar', '--json', '--service-ms', '--service-clients', '--service-requests'];
+const VALUED = ['--clients', '--requests', '--latency-requests', '--slices', '--sidecar', '--json', '--service-ms', '--service-jitter-ms', '--service-clients', '--service-requests'];
 const option = (name: string) => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : undefined;
@@ -77,6 +79,8 @@ const NO_DOCKER = args.includes('--no-docker');
 const JSON_OUT = option('--json');
 const MEMORY_REQUESTS = 1000;
 const SERVICE_MS = Number(option('--service-ms') ?? 2);
+/** 0 by default: every answer waits exactly SERVICE_MS (as Node's millisecond timers go). */
+const SERVICE_JITTER_MS = Number(option('--service-jitter-ms') ?? 0);
 const SERVICE_CLIENTS = (option('--service-clients') ?? '1,8,32').split(',').filter(Boolean).map(Number);
 /** Requests per mode and round in the service-time scenario: this many per client, at least 400. */
 const SERVICE_PER_CLIENT = Number(option('--service-requests') ?? 150);
@@ -558,11 +562,11 @@ async function main() {
       .join(' ')}`,
   );
   console.log(
-    `service-time scenario: the upstream answers ${SERVICE_MS} ms after each request (a timer), ${SERVICE_CLIENTS.join(' / ')} clients x ${SERVICE_CLIENTS.map(serviceTotal).join(' / ')} requests per mode`,
+    `service-time scenario: the upstream answers ${SERVICE_MS} ms${SERVICE_JITTER_MS > 0 ? ` + 0-${SERVICE_JITTER_MS} ms` : ''} after each request (a timer), ${SERVICE_CLIENTS.join(' / ')} clients x ${SERVICE_CLIENTS.map(serviceTotal).join(' / ')} requests per mode`,
   );
   const auditFile = join(tmp, 'audit.jsonl');
   const upstream = await startChild(['upstream']);
-  const slowUpstream = await startChild(['upstream', String(SERVICE_MS)]);
+  const slowUpstream = await startChild(['upstream', String(SERVICE_MS), String(SERVICE_JITTER_MS)]);
   // One proxy for both upstreams (both ports on its allowlist), as one sidecar serves a bottle.
   proxy = await startChild(['proxy', `${upstream.port},${slowUpstream.port}`, auditFile]);
   const proxyStart = await proxy.stats();
@@ -663,6 +667,7 @@ async function main() {
     requests: REQUESTS,
     latencyRequests: LAT_REQUESTS,
     serviceMs: SERVICE_MS,
+    serviceJitterMs: SERVICE_JITTER_MS,
     serviceClients: SERVICE_CLIENTS,
   };
   const goals: string[] = [];

@@ -2,11 +2,12 @@
  * The child processes of bench/egress/run.ts (forked, so each has its own event loop and CPU
  * as in production, where the agent, the egress sidecar and the upstream are separate):
  *
- *   upstream [SERVICE_MS]  an HTTP server on 127.0.0.1 answering every request with the same
+ *   upstream [SERVICE_MS [JITTER_MS]]
+ *                          an HTTP server on 127.0.0.1 answering every request with the same
  *                          small body (keep-alive); counts its TCP connections. With SERVICE_MS
- *                          > 0 it answers SERVICE_MS ms after the request has come in whole
- *                          (a timer: waiting, not CPU, as a registry or API that takes that
- *                          long to answer).
+ *                          > 0 it answers SERVICE_MS ms (plus a uniform random 0 to JITTER_MS)
+ *                          after the request has come in whole (a timer: waiting, not CPU, as
+ *                          a registry or API that takes that long to answer).
  *   proxy UPSTREAM_PORT[,PORT...] AUDIT_FILE [noaudit]
  *                          createEgressProxy on 127.0.0.1 with the allowlist `bench.test:PORT`
  *                          for each PORT,
@@ -54,6 +55,7 @@ function serve(server: http.Server) {
 
 if (role === 'upstream') {
   const serviceMs = Number(upstreamPortText ?? 0);
+  const jitterMs = Number(auditFile ?? 0);
   const answer = (res: http.ServerResponse, since: number) => {
     answered += 1;
     waitedMs += performance.now() - since;
@@ -63,7 +65,7 @@ if (role === 'upstream') {
   const server = http.createServer({ keepAliveTimeout: 120_000 }, (req, res) => {
     req.resume();
     req.on('end', () => {
-      if (serviceMs > 0) setTimeout(answer, serviceMs, res, performance.now());
+      if (serviceMs > 0) setTimeout(answer, serviceMs + Math.random() * jitterMs, res, performance.now());
       else answer(res, performance.now());
     });
   });
