@@ -292,12 +292,16 @@ describe('an agent asks, a human decides, the running bottle changes', () => {
   let agentIdBefore = '';
   let agentIdAfter = '';
   let agentIdAfterFailure = '';
+  const hardening: { runtime: string; capDrop: string[]; securityOpt: string[]; user: string }[] = [];
+  let daemonRuntimes: string[] = [];
   let audit: { source: string; type: string; by?: string; change_sha256?: string; proposal?: string }[] = [];
   let replay: CliResult;
   let stop: CliResult;
 
   beforeAll(async () => {
-    b = supervisedBottle('flow', FLOW_SCRIPT);
+    // runtime auto, as users get it: gVisor wherever the daemon has it.
+    b = supervisedBottle('flow', FLOW_SCRIPT, { runtime: 'auto' });
+    daemonRuntimes = Object.keys(((await docker().info()) as { Runtimes?: Record<string, unknown> }).Runtimes ?? {});
     const started = await runDetached(b);
     identity = started.identity;
     identities.add(identity);
@@ -329,6 +333,7 @@ describe('an agent asks, a human decides, the running bottle changes', () => {
 
   async function inspectId(id: string) {
     const info = await docker().getContainer(`bottle-${id}`).inspect().catch(() => null);
+    if (info) hardening.push({ runtime: info.HostConfig.Runtime ?? '', capDrop: info.HostConfig.CapDrop ?? [], securityOpt: info.HostConfig.SecurityOpt ?? [], user: info.Config.User });
     return info?.Id;
   }
 
@@ -384,6 +389,11 @@ describe('an agent asks, a human decides, the running bottle changes', () => {
     expect(r2.docker_status).toBe('approved||');
     expect(agentIdAfter).not.toBe('');
     expect(agentIdAfter).not.toBe(agentIdBefore);
+    // The recreated agent is hardened exactly as the first (and under gVisor when there is one).
+    expect(hardening).toHaveLength(3);
+    expect(hardening[2]).toEqual(hardening[0]);
+    expect(hardening[0]!.runtime).toBe(daemonRuntimes.includes('runsc') ? 'runsc' : 'runc');
+    expect(hardening[0]!.capDrop).toContain('ALL');
     expect(readFileSync(join(b.home, 'bottles', identity, 'Dockerfile'), 'utf8')).toContain('install -y --no-install-recommends jq');
   });
 
