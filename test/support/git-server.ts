@@ -282,14 +282,14 @@ wait
 `;
 
 /** A bottle with its own folder, BOTTLE_HOME and manifest, with `remotes` for its git gate. */
-export function newGitBottle(opts: { tag: string; remotes: GitRemoteSpec[]; hostEnv?: Record<string, string>; cwd?: string; allow?: string[] }): SecBottle {
+export function newGitBottle(opts: { tag: string; remotes: GitRemoteSpec[]; hostEnv?: Record<string, string>; cwd?: string; allow?: string[]; runtime?: 'auto' | 'runsc' | 'runc' }): SecBottle {
   const dir = mkdtempSync(join(tmpdir(), 'bottle-git-'));
   const home = join(dir, 'home');
   mkdirSync(home);
   const agent = slugify(`git-${SUITE_ID}-${opts.tag}`);
   const manifest = {
     version: 1,
-    bottles: { [GIT_BOTTLE]: { runtime: 'runc', egress: { allow: opts.allow ?? ['allowed.test'] }, git: opts.remotes } },
+    bottles: { [GIT_BOTTLE]: { runtime: opts.runtime ?? 'runc', egress: { allow: opts.allow ?? ['allowed.test'] }, git: opts.remotes } },
     agents: { [agent]: { bottle: GIT_BOTTLE, prompt: 'work through the git gate', command: ['bash', '-c', AGENT_SCRIPT] } },
   };
   const file = join(dir, 'bottle.json');
