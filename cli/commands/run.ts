@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { userInfo } from 'node:os';
 import { BottleError } from '../../config/errors.js';
 import { NanoIds } from '../../effects/local.js';
 import type { BottleInput } from '../../machines/bottle.machine.js';
@@ -328,6 +329,17 @@ async function handSecretToProxy(ctx: CliContext, snap: ReturnType<typeof folded
   return secretHash(value);
 }
 
+/** Who decides, for the audit: the login name (USER, LOGNAME, or the account of this process). */
+function deciderName(ctx: CliContext): string {
+  const named = ctx.env.USER || ctx.env.LOGNAME;
+  if (named) return named;
+  try {
+    return userInfo().username || 'cli';
+  } catch {
+    return 'cli';
+  }
+}
+
 export async function cmdDecide(
   ctx: CliContext,
   identity: string,
@@ -349,7 +361,7 @@ export async function cmdDecide(
   }
   if (snap.status !== 'active') throw new BottleError('RUN_FINISHED', `run ${runId} of bottle '${identity}' has ended`, `bottle status ${identity}`);
   const hash = decision.approve && proposal.kind === 'route' && decision.secretRef ? await handSecretToProxy(ctx, snap, proposalId, decision.secretRef) : undefined;
-  const by = ctx.env.USER ?? 'cli';
+  const by = deciderName(ctx);
   const cmd = decision.approve
     ? { id: ids.commandId(), type: 'approve' as const, proposal: proposalId, by, ...(decision.secretRef ? { secretRef: decision.secretRef } : {}), ...(hash ? { secretHash: hash } : {}) }
     : { id: ids.commandId(), type: 'deny' as const, proposal: proposalId, by, ...(decision.reason ? { reason: decision.reason } : {}) };
