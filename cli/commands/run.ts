@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { closeSync, openSync } from 'node:fs';
 import { userInfo } from 'node:os';
+import { join, resolve } from 'node:path';
 import { BottleError } from '../../config/errors.js';
 import { NanoIds } from '../../effects/local.js';
 import type { BottleInput } from '../../machines/bottle.machine.js';
