@@ -151,10 +151,9 @@ export function credProxyFiles(plan: BottlePlan, read: (ref: { file: string } | 
   return files;
 }
 
-/** Which program each sidecar runs; roles without their own program yet run the placeholder. */
+/** Which program each sidecar runs: sidecars/<role>/main.ts, bundled to <role>.mjs in the sidecar image. */
 export function sidecarProgram(role: SidecarPlan['role']): string {
-  const implemented: SidecarPlan['role'][] = ['egress', 'cred-proxy', 'supervise', 'git-gate'];
-  return implemented.includes(role) ? role : 'placeholder';
+  return role;
 }
 
 /**

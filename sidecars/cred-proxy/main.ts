@@ -6,6 +6,7 @@ import { redactText } from './redact.js';
 import { RoutesReloader } from './reload.js';
 import { parseRoutes, type Route } from './routes.js';
 import { TokenStore } from './tokens.js';
+import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
 
 /**
  * The cred-proxy sidecar: owns every real API token of the bottle. The agent calls
@@ -48,13 +49,8 @@ import { TokenStore } from './tokens.js';
  */
 
 const env = process.env;
-const die = (message: string, code = 1): never => {
-  process.stderr.write(`cred-proxy: ${message}\n`);
-  process.exit(code);
-};
-
-const portText = env.BOTTLE_SIDECAR_PORT ?? '9099';
-const port = /^\d+$/.test(portText) && Number(portText) >= 1 && Number(portText) <= 65535 ? Number(portText) : die(`BOTTLE_SIDECAR_PORT must be a port number, got '${portText}'`, 2);
+const die = dieAs('cred-proxy');
+const port = sidecarPort(env, '9099', die);
 const routesPath = env.BOTTLE_CRED_ROUTES || '/run/bottle/cred-proxy/routes.json';
 const placeholder = env.BOTTLE_CRED_PLACEHOLDER || undefined;
 if (placeholder !== undefined && (placeholder.length < 8 || !/^[\x21-\x7e]+$/.test(placeholder))) {
@@ -139,13 +135,9 @@ server.listen(port, () => {
   });
 });
 
-// PID 1 in a container gets no default signal handling: without this, `docker stop` waits out its timeout.
-for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-  process.on(signal, () => {
-    reloader?.close();
-    tokens.close();
-    server.close(() => process.exit(0));
-    server.closeAllConnections?.();
-    setTimeout(() => process.exit(0), 1000).unref();
-  });
-}
+exitOnStopSignals((done) => {
+  reloader?.close();
+  tokens.close();
+  server.close(done);
+  server.closeAllConnections?.();
+});

@@ -1,9 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { openAuditLog } from './audit.js';
 import { watchAllowlistFile } from './allowlist-file.js';
-import { allowlistLines, parseDenyList, parsePort } from './policy.js';
+import { allowlistLines, parseDenyList } from './policy.js';
 import { createEgressProxy } from './proxy.js';
 import { parseCanary, parseSecretHashes } from './secrets.js';
+import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
 
 /**
  * The egress sidecar: an allowlist forward proxy, the agent's only way out of its bottle.
@@ -33,13 +34,9 @@ import { parseCanary, parseSecretHashes } from './secrets.js';
  */
 
 const env = process.env;
-const die = (message: string, code = 1): never => {
-  process.stderr.write(`egress: ${message}\n`);
-  process.exit(code);
-};
+const die = dieAs('egress');
 
-const portText = env.BOTTLE_SIDECAR_PORT ?? '3128';
-const port = parsePort(portText) ?? die(`BOTTLE_SIDECAR_PORT must be a port number, got '${portText}'`, 2);
+const port = sidecarPort(env, '3128', die);
 const allowlistPath = env.BOTTLE_EGRESS_ALLOWLIST || '/run/bottle/egress/allowlist';
 const bottle = env.BOTTLE_BOTTLE || undefined;
 
@@ -153,16 +150,12 @@ proxy.listen(port, () => {
   process.stdout.write('ready\n');
 });
 
-// PID 1 in a container gets no default signal handling: without this, `docker stop` waits out its timeout.
-for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-  process.on(signal, () => {
-    watcher.close();
-    hashesWatcher?.close();
-    proxy.close(() => {
-      audit.close();
-      process.exit(0);
-    });
-    proxy.closeAllConnections?.();
-    setTimeout(() => process.exit(0), 1000).unref();
+exitOnStopSignals((done) => {
+  watcher.close();
+  hashesWatcher?.close();
+  proxy.close(() => {
+    audit.close();
+    done();
   });
-}
+  proxy.closeAllConnections?.();
+});

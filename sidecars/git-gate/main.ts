@@ -3,6 +3,7 @@ import { type GateRemote, parseRemotes, shQuote } from './config.js';
 import { runPreReceive } from './hook.js';
 import { initMirrors, RemoteLocks, refreshMirror } from './mirror.js';
 import { createGateServer } from './server.js';
+import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
 
 /**
  * The git gate sidecar: the agent's only way to the declared git remotes. It serves each
@@ -38,12 +39,8 @@ if (process.argv[2] === 'pre-receive') {
 
 function main() {
   const env = process.env;
-  const die = (message: string, code = 1): never => {
-    process.stderr.write(`git-gate: ${message}\n`);
-    process.exit(code);
-  };
-  const portText = env.BOTTLE_SIDECAR_PORT ?? '8418';
-  const port = /^\d+$/.test(portText) && Number(portText) >= 1 && Number(portText) <= 65535 ? Number(portText) : die(`BOTTLE_SIDECAR_PORT must be a port number, got '${portText}'`, 2);
+  const die = dieAs('git-gate');
+  const port = sidecarPort(env, '8418', die);
   const configFile = env.BOTTLE_GIT_GATE_CONFIG || '/run/bottle/git-gate/remotes.json';
   const state = env.BOTTLE_GIT_GATE_STATE || `${env.HOME ?? '/tmp'}/git-gate`;
   const run = env.BOTTLE_RUN || undefined;
@@ -104,12 +101,8 @@ function main() {
     (err: unknown) => die(`cannot create the mirrors in ${state}: ${(err as Error).message}`),
   );
 
-  // PID 1 in a container gets no default signal handling: without this, `docker stop` waits out its timeout.
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.on(signal, () => {
-      server.close(() => process.exit(0));
-      server.closeAllConnections?.();
-      setTimeout(() => process.exit(0), 1000).unref();
-    });
-  }
+  exitOnStopSignals((done) => {
+    server.close(done);
+    server.closeAllConnections?.();
+  });
 }

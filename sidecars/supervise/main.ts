@@ -1,4 +1,5 @@
 import { createSuperviseServer, lineText } from './server.js';
+import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
 
 /**
  * The supervise sidecar: where the agent asks for more (an allowlist entry, a new Dockerfile,
@@ -27,13 +28,8 @@ import { createSuperviseServer, lineText } from './server.js';
  */
 
 const env = process.env;
-const die = (message: string, code = 1): never => {
-  process.stderr.write(`supervise: ${message}\n`);
-  process.exit(code);
-};
-
-const portText = env.BOTTLE_SIDECAR_PORT ?? '9100';
-const port = /^\d+$/.test(portText) && Number(portText) >= 1 && Number(portText) <= 65535 ? Number(portText) : die(`BOTTLE_SIDECAR_PORT must be a port number, got '${portText}'`, 2);
+const die = dieAs('supervise');
+const port = sidecarPort(env, '9100', die);
 const dir = (env.BOTTLE_SUPERVISE_DIR || '/run/bottle/supervise').replace(/\/+$/, '') || '/';
 const identity = env.BOTTLE_IDENTITY || undefined;
 const run = env.BOTTLE_RUN || undefined;
@@ -54,11 +50,7 @@ server.listen(port, () => {
   );
 });
 
-// PID 1 in a container gets no default signal handling: without this, `docker stop` waits out its timeout.
-for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-  process.on(signal, () => {
-    server.close(() => process.exit(0));
-    server.closeAllConnections?.();
-    setTimeout(() => process.exit(0), 1000).unref();
-  });
-}
+exitOnStopSignals((done) => {
+  server.close(done);
+  server.closeAllConnections?.();
+});
