@@ -158,8 +158,15 @@ export function watchProposals(deps: StepDeps, plan: BottlePlan, runId: string, 
     }
   };
 
+  // A decision reaches the sidecar as soon as the machine has it, not at the next poll.
+  let dirty = false;
+  const stopListening = board.onChange?.(() => {
+    dirty = true;
+    wake?.();
+  });
   const loop = async () => {
     while (!stopped && !signal.aborted) {
+      dirty = false;
       try {
         await tick();
         lastProblem = '';
@@ -169,6 +176,7 @@ export function watchProposals(deps: StepDeps, plan: BottlePlan, runId: string, 
         if (msg !== lastProblem && !stopped && !signal.aborted) deps.progress(`supervise: ${msg}`);
         lastProblem = msg;
       }
+      if (dirty) continue;
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, POLL_MS);
         wake = () => {
@@ -181,6 +189,7 @@ export function watchProposals(deps: StepDeps, plan: BottlePlan, runId: string, 
   void loop();
   return () => {
     stopped = true;
+    stopListening?.();
     wake?.();
   };
 }

@@ -270,6 +270,8 @@ export interface ProposalBoard {
   submit(identity: string, runId: string, proposal: IncomingProposal): Promise<void>;
   /** The proposals and the allowlist in force as the run's machine has them now; null before it has any. */
   view(): { proposals: import('./bottle.machine.js').Proposal[]; allowlist: string[] } | null;
+  /** Calls back when the view's proposals change (a decision, an apply); returns a stop function. */
+  onChange?(listener: () => void): () => void;
 }
 
 /** Where sidecars' audit lines end up on the host (bottles/<identity>/audit/<source>.jsonl). */

@@ -156,12 +156,20 @@ export class HostSecretReader implements SecretReader {
  */
 export class StoreProposalBoard implements ProposalBoard {
   private latest: { proposals: Proposal[]; allowlist: string[] } | null = null;
+  private readonly listeners = new Set<() => void>();
   constructor(private readonly home: string) {}
 
   follow(snapshot: Snapshot): void {
     const plan = snapshot.context.plan;
     if (!plan) return;
+    const changed = this.latest?.proposals !== snapshot.context.proposals;
     this.latest = { proposals: snapshot.context.proposals, allowlist: currentAllowlist(plan, snapshot.context.proposals) };
+    if (changed) for (const listener of this.listeners) listener();
+  }
+
+  onChange(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 
   view() {
