@@ -19,7 +19,7 @@ async function waitForLog(container: Docker.Container, text: string, deadlineMs:
   const until = Date.now() + deadlineMs;
   for (;;) {
     const logs = demux((await container.logs({ stdout: true, stderr: true, follow: false })) as unknown as Buffer);
-    if (logs.stdout.includes(text)) return logs.stdout;
+    if (logs.stdout.includes(text) || logs.stderr.includes(text)) return logs.stdout + logs.stderr;
     if (Date.now() > until) throw new Error(`no '${text}' in the sidecar log within ${deadlineMs} ms: ${JSON.stringify(logs)}`);
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -29,51 +29,66 @@ async function waitForLog(container: Docker.Container, text: string, deadlineMs:
 const fetchScript = (url: string) =>
   `fetch(${JSON.stringify(url)}).then(async r => { console.log(r.status); console.log(await r.text()); }, e => { console.error(e); process.exit(1); })`;
 
+const PROGRAM = (role: string) => `/opt/bot-bottle/sidecars/${role}.mjs`;
+
 describe('sidecar image', () => {
-  it('runs the placeholder as a non-root user: /healthz answers ok, the rest 503 naming the role', async () => {
+  it('holds every sidecar program and runs one as a non-root user that stops on SIGTERM', async () => {
     expect(images.sidecar).toMatch(/^bot-bottle\/sidecar:[0-9a-f]{16}$/);
     const container = await docker.createContainer({
       Image: images.sidecar,
-      Env: ['BOTTLE_SIDECAR_PORT=9100', 'BOTTLE_SIDECAR_ROLE=supervise'],
+      Cmd: [PROGRAM('supervise')],
+      Env: ['BOTTLE_SIDECAR_PORT=9100', 'BOTTLE_SUPERVISE_DIR=/tmp/supervise'],
       Labels: { ...TEST_LABEL },
       HostConfig: { NetworkMode: 'none' },
     });
     try {
       await container.start();
-      await waitForLog(container, 'ready', 20_000);
+      await waitForLog(container, 'listening on 9100', 20_000);
 
-      const health = await execIn(container, ['node', '-e', fetchScript('http://127.0.0.1:9100/healthz')]);
-      expect(health.stdout).toBe('200\nok\n');
+      // Not healthy until the host has put the bottle's current capabilities there.
+      const before = await execIn(container, ['node', '-e', fetchScript('http://127.0.0.1:9100/healthz')]);
+      expect(before.stdout.split('\n')[0]).toBe('503');
+      const put = JSON.stringify({ dockerfile: 'FROM x\n', allowlist: ['a.test'], routes: [] });
+      await execIn(container, ['node', '-e', `require('fs').mkdirSync('/tmp/supervise',{recursive:true});require('fs').writeFileSync('/tmp/supervise/current.json', ${JSON.stringify(put)})`]);
+      const after = await execIn(container, ['node', '-e', fetchScript('http://127.0.0.1:9100/healthz')]);
+      expect(after.stdout.split('\n')[0]).toBe('200');
 
-      const other = await execIn(container, ['node', '-e', fetchScript('http://127.0.0.1:9100/proposals')]);
-      const [status, body] = other.stdout.split('\n');
-      expect(status).toBe('503');
-      expect(JSON.parse(body ?? '')).toMatchObject({ error: 'not_implemented', role: 'supervise' });
-
+      const programs = await execIn(container, ['sh', '-c', 'cd /opt/bot-bottle/sidecars && echo *.mjs']);
+      expect(programs.stdout.trim().split(' ').sort()).toEqual(['cred-proxy.mjs', 'egress.mjs', 'git-gate.mjs', 'supervise.mjs']);
       const who = await execIn(container, ['id', '-un']);
       expect(who.stdout.trim()).toBe('sidecar');
       const git = await execIn(container, ['git', '--version']);
       expect(git.stdout).toMatch(/git version 2\./);
+      const ssh = await execIn(container, ['ssh', '-V']);
+      expect(ssh.stdout + ssh.stderr).toMatch(/OpenSSH/);
 
       const started = Date.now();
       await container.stop({ t: 10 });
-      // The placeholder handles SIGTERM itself (as PID 1 nothing else would).
+      // The program handles SIGTERM itself (as PID 1 nothing else would): no 10 s wait for a kill.
       expect(Date.now() - started).toBeLessThan(5_000);
     } finally {
       await container.remove({ force: true });
     }
   });
 
-  it('refuses to start without a port', async () => {
-    const container = await docker.createContainer({ Image: images.sidecar, Labels: { ...TEST_LABEL }, HostConfig: { NetworkMode: 'none' } });
-    try {
-      await container.start();
-      const { StatusCode } = (await container.wait()) as { StatusCode: number };
-      expect(StatusCode).toBe(2);
-      const logs = demux((await container.logs({ stdout: true, stderr: true, follow: false })) as unknown as Buffer);
-      expect(logs.stderr).toContain('BOTTLE_SIDECAR_PORT');
-    } finally {
-      await container.remove({ force: true });
+  it('a program refuses to start without a valid port, exit 2 naming the variable', async () => {
+    for (const role of ['egress', 'cred-proxy', 'git-gate', 'supervise']) {
+      const container = await docker.createContainer({
+        Image: images.sidecar,
+        Cmd: [PROGRAM(role)],
+        Env: ['BOTTLE_SIDECAR_PORT=not-a-port'],
+        Labels: { ...TEST_LABEL },
+        HostConfig: { NetworkMode: 'none' },
+      });
+      try {
+        await container.start();
+        const { StatusCode } = (await container.wait()) as { StatusCode: number };
+        const logs = demux((await container.logs({ stdout: true, stderr: true, follow: false })) as unknown as Buffer);
+        expect(StatusCode, `${role}: ${logs.stderr}`).toBe(2);
+        expect(logs.stderr).toContain('BOTTLE_SIDECAR_PORT');
+      } finally {
+        await container.remove({ force: true });
+      }
     }
   });
 });
