@@ -151,6 +151,7 @@ export async function cmdStatus(ctx: CliContext, identity: string, opts: { json?
   );
   if (denials.length) info(`last egress denials:\n${denials.map((d) => `  ${new Date(d.at).toISOString()} ${String(d.host ?? '')}:${String(d.port ?? '')}`).join('\n')}`);
   info(`last events:\n${last.map((e) => `  ${e.seq} ${e.type}${e.detail ? ` ${e.detail}` : ''}`).join('\n')}`);
+  showPending(identity, status.proposals);
 }
 
 function describeRecord(r: LogRecord): { seq: number; at: number; type: string; detail?: string } {
@@ -233,6 +234,11 @@ export async function cmdProposals(ctx: CliContext, identity: string, opts: { js
   if (opts.json) return printJson(list);
   if (list.length === 0) return info(`bottle '${identity}' has no proposals`);
   info(table([['ID', 'KIND', 'STATUS', 'REASON'], ...list.map((p) => [p.id, p.kind, p.status, p.reason])]));
+  showPending(identity, list);
+}
+
+/** Each pending proposal with its change (a Dockerfile as its diff) and how to decide it. */
+function showPending(identity: string, list: ReturnType<typeof proposalsOf>) {
   for (const p of list.filter((x) => x.status === 'pending')) {
     info(`\n${p.id} (${p.kind}) asks: ${p.reason}`);
     const c = p.change as { hosts?: string[]; route?: Record<string, unknown>; diff?: string | null };
