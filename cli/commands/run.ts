@@ -356,6 +356,9 @@ export async function cmdDecide(
   if (proposal.status !== 'pending') {
     throw new BottleError('PROPOSAL_DECIDED', `proposal '${proposalId}' of bottle '${identity}' is already ${proposal.status}`, `bottle proposals ${identity}`);
   }
+  if (decision.approve && proposal.kind !== 'route' && decision.secretRef) {
+    throw new BottleError('USAGE', `proposal '${proposalId}' is a ${proposal.kind} proposal: --token-env and --token-file are only for route proposals`, `bottle approve ${identity} ${proposalId}`);
+  }
   if (decision.approve && proposal.kind === 'route' && !decision.secretRef) {
     throw new BottleError('USAGE', `proposal '${proposalId}' adds a route: approve it with the secret it should use`, `bottle approve ${identity} ${proposalId} --token-env NAME   (or --token-file PATH)`);
   }

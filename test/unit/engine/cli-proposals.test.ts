@@ -69,6 +69,9 @@ describe('deciding proposals with the CLI', () => {
       expect(shown.stderr).toContain('--- Dockerfile (current)');
       expect(shown.stderr).toContain('allow: later.test');
 
+      const withToken = await cli('approve', 'coder', 'pdockerfile1', '--token-env', 'SOME_TOKEN');
+      expect(withToken.code).toBe(2);
+      expect(withToken.stderr).toMatch(/only for route proposals/);
       const approve = await cli('approve', 'coder', 'pdockerfile1');
       expect(approve.code, approve.stderr).toBe(0);
       expect(approve.stderr).toContain('pdockerfile1: approved');
