@@ -30,6 +30,17 @@ import type { StepDeps } from './steps.js';
 const KINDS: readonly ProposalKind[] = ['allowlist', 'dockerfile', 'route'];
 const MAX_DOCKERFILE = 256 * 1024;
 const POLL_MS = 400;
+// Control characters other than tab and newline, DEL and C1, and the bidirectional controls
+// that make text read differently from what it is.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are exactly what is rejected
+const UNSAFE_TEXT = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+
+function hasUnsafeText(value: unknown): boolean {
+  if (typeof value === 'string') return UNSAFE_TEXT.test(value);
+  if (Array.isArray(value)) return value.some(hasUnsafeText);
+  if (value && typeof value === 'object') return Object.entries(value).some(([k, v]) => UNSAFE_TEXT.test(k) || hasUnsafeText(v));
+  return false;
+}
 
 /** The token file of a route approved at run time (the approving CLI puts it there). */
 export const approvedTokenPath = (proposalId: string) => `${CRED_DIR}/secrets/${proposalId}`;
@@ -40,6 +51,9 @@ export const approvedTokenPath = (proposalId: string) => `${CRED_DIR}/secrets/${
  */
 export function checkIncoming(value: unknown): IncomingProposal | null {
   if (!value || typeof value !== 'object') return null;
+  // What a human will read in a terminal carries no control or bidirectional-override
+  // characters (tab and newline aside), whatever the sidecar let through.
+  if (hasUnsafeText(value)) return null;
   const p = value as Record<string, unknown>;
   const change = p.change as Record<string, unknown> | undefined;
   if (typeof p.id !== 'string' || !/^p[a-z0-9]{6,32}$/.test(p.id)) return null;
