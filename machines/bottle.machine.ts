@@ -148,6 +148,40 @@ function tryPlan(input: BottleInput, world: ResolveOutput): { plan: BottlePlan }
 
 const pending = (ps: Proposal[]) => ps.filter((p) => p.status === 'pending' || p.status === 'applying');
 
+/**
+ * A substate of preparingSidecars: invoke `step`; on success record what it created (unless
+ * `records: false`) and go to `next`, or to teardown when a stop was asked for meanwhile; on
+ * failure record it and tear down.
+ */
+interface PrepInputs {
+  stageFiles: { plan: BottlePlan; runId: string };
+  ensureImages: { plan: BottlePlan };
+  createNetworks: { plan: BottlePlan; runId: string };
+  startSidecars: { plan: BottlePlan; runId: string; gateways: string[] };
+  createAgent: { plan: BottlePlan; runId: string };
+}
+
+function prepStep<Step extends keyof PrepInputs>(
+  step: Step,
+  next: string,
+  input: (args: { context: BottleContext }) => PrepInputs[Step],
+  opts: { records?: boolean } = {},
+) {
+  const recorded = opts.records === false ? {} : { actions: 'recordCreated' as const };
+  return {
+    invoke: {
+      id: step,
+      src: step,
+      input,
+      onDone: [
+        { guard: 'stopWasRequested' as const, target: '#bottle.teardown', ...recorded },
+        { target: next, ...recorded },
+      ],
+      onError: { target: '#bottle.teardown', actions: 'recordFailure' as const },
+    },
+  };
+}
+
 export const bottleMachine = setup({
   types: {
     context: {} as BottleContext,
@@ -337,64 +371,14 @@ export const bottleMachine = setup({
     },
     preparingSidecars: {
       initial: 'staging',
+      // Each substate runs one step, then goes on to the next one, or to teardown when a stop
+      // was asked for meanwhile or the step failed. The invoke ids are the log's step names.
       states: {
-        staging: {
-          invoke: {
-            id: 'stageFiles',
-            src: 'stageFiles',
-            input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId }),
-            onDone: [
-              { guard: 'stopWasRequested', target: '#bottle.teardown', actions: 'recordCreated' },
-              { target: 'images', actions: 'recordCreated' },
-            ],
-            onError: { target: '#bottle.teardown', actions: 'recordFailure' },
-          },
-        },
-        images: {
-          invoke: {
-            id: 'ensureImages',
-            src: 'ensureImages',
-            input: ({ context }) => ({ plan: context.plan! }),
-            onDone: [{ guard: 'stopWasRequested', target: '#bottle.teardown' }, { target: 'networks' }],
-            onError: { target: '#bottle.teardown', actions: 'recordFailure' },
-          },
-        },
-        networks: {
-          invoke: {
-            id: 'createNetworks',
-            src: 'createNetworks',
-            input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId }),
-            onDone: [
-              { guard: 'stopWasRequested', target: '#bottle.teardown', actions: 'recordCreated' },
-              { target: 'sidecars', actions: 'recordCreated' },
-            ],
-            onError: { target: '#bottle.teardown', actions: 'recordFailure' },
-          },
-        },
-        sidecars: {
-          invoke: {
-            id: 'startSidecars',
-            src: 'startSidecars',
-            input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId, gateways: context.gateways }),
-            onDone: [
-              { guard: 'stopWasRequested', target: '#bottle.teardown', actions: 'recordCreated' },
-              { target: 'agent', actions: 'recordCreated' },
-            ],
-            onError: { target: '#bottle.teardown', actions: 'recordFailure' },
-          },
-        },
-        agent: {
-          invoke: {
-            id: 'createAgent',
-            src: 'createAgent',
-            input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId }),
-            onDone: [
-              { guard: 'stopWasRequested', target: '#bottle.teardown', actions: 'recordCreated' },
-              { target: '#bottle.live', actions: 'recordCreated' },
-            ],
-            onError: { target: '#bottle.teardown', actions: 'recordFailure' },
-          },
-        },
+        staging: prepStep('stageFiles', 'images', ({ context }) => ({ plan: context.plan!, runId: context.input.runId })),
+        images: prepStep('ensureImages', 'networks', ({ context }) => ({ plan: context.plan! }), { records: false }),
+        networks: prepStep('createNetworks', 'sidecars', ({ context }) => ({ plan: context.plan!, runId: context.input.runId })),
+        sidecars: prepStep('startSidecars', 'agent', ({ context }) => ({ plan: context.plan!, runId: context.input.runId, gateways: context.gateways })),
+        agent: prepStep('createAgent', '#bottle.live', ({ context }) => ({ plan: context.plan!, runId: context.input.runId })),
       },
     },
     live: {
