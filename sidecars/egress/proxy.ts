@@ -265,6 +265,10 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     return `${s.remoteAddress.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '')}:${s.remotePort}`;
   };
 
+  /** The audit record of a refusal made before any target was known (no host, no bytes). */
+  const auditUntargeted = (socket: net.Socket | Duplex, method: string | null, reason: string, status: number, extra: Partial<AuditRecord> = {}) =>
+    audit({ at: now(), client: clientOf(socket), method, host: null, port: null, decision: 'deny', rule: null, reason, bytes_up: 0, bytes_down: 0, duration_ms: 0, status, ...extra });
+
   // ---- plain HTTP ------------------------------------------------------------------
 
   const onRequest = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean) => {
@@ -632,21 +636,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     const found = inHead ? credentialFound(inHead, inHead.where, req.method ?? 'GET', 'the request') : undefined;
     const reason = found ? found.reason : 'Upgrade is not proxied as plain HTTP';
     if (found) log(found.log);
-    audit({
-      at: now(),
-      client: clientOf(socket),
-      method: req.method ?? null,
-      host: null,
-      port: null,
-      decision: 'deny',
-      rule: null,
-      reason,
-      bytes_up: 0,
-      bytes_down: 0,
-      duration_ms: 0,
-      status: found ? 403 : 400,
-      ...(found ? found.extra : {}),
-    });
+    auditUntargeted(socket, req.method ?? null, reason, found ? 403 : 400, found ? found.extra : {});
     if (found) rawResponse(socket, 403, found.text);
     else rawResponse(socket, 400, `egress: ${reason}; use CONNECT (wss://, https://).\n`);
   });
@@ -795,20 +785,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
     const reason =
       status === 431 ? 'request headers too large' : status === 408 ? 'the client was too slow to send its request' : `malformed request (${err.code ?? 'parse error'}: ${err.message})`;
-    audit({
-      at: now(),
-      client: clientOf(socket),
-      method: null,
-      host: null,
-      port: null,
-      decision: 'deny',
-      rule: null,
-      reason,
-      bytes_up: 0,
-      bytes_down: 0,
-      duration_ms: 0,
-      status,
-    });
+    auditUntargeted(socket, null, reason, status);
     rawResponse(socket, status, `egress: ${reason}.\n`);
     // Closed as soon as the answer is out: the HTTP server still listens on this socket and
     // would report the client's later end as a second error.
