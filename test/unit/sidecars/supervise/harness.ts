@@ -5,7 +5,7 @@
  */
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
+import type net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach } from 'vitest';
@@ -114,30 +114,4 @@ export function request(port: number, path: string, opts: { method?: string; bod
 export const propose = (port: number, body: unknown) =>
   request(port, '/proposals', { method: 'POST', body: typeof body === 'string' ? body : JSON.stringify(body), headers: { 'content-type': 'application/json' } });
 
-/** Sends raw bytes and collects everything until the server closes the connection. */
-export function rawExchange(port: number, data: string, waitMs = 5000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, '127.0.0.1');
-    const chunks: Buffer[] = [];
-    socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.on('error', () => undefined);
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Error(`no close within ${waitMs} ms; got ${JSON.stringify(Buffer.concat(chunks).toString())}`));
-    }, waitMs);
-    socket.on('close', () => {
-      clearTimeout(timer);
-      resolve(Buffer.concat(chunks).toString());
-    });
-    socket.on('connect', () => socket.write(data));
-  });
-}
-
-/** Polls until `check` returns true. */
-export async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+export { rawExchange, until } from '../loopback.js';
