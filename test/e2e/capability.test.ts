@@ -1,7 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { names } from '../../machines/names.js';
@@ -15,6 +14,7 @@ import { connectNetwork, startUpstreams, type UpstreamNet } from '../support/egr
 import { ensureTestImages } from '../support/images.js';
 import {
   agentName,
+  bottleFolder,
   cli,
   filesContaining,
   finishBottleSuite,
@@ -38,19 +38,17 @@ let up: UpstreamNet;
 
 /** A bottle with supervise on; the agent runs `script` under bash. */
 function supervisedBottle(tag: string, script: string, extra: Record<string, unknown> = {}, hostEnv: Record<string, string> = {}): SecBottle {
-  const dir = mkdtempSync(join(tmpdir(), 'bottle-cap-'));
-  const home = join(dir, 'home');
-  mkdirSync(home);
-  const agent = agentName(`cap-${tag}`);
-  const manifest = {
-    version: 1,
-    bottles: { cap: { runtime: 'runc', egress: { allow: ['first.test'] }, supervise: true, ...extra } },
-    agents: { [agent]: { bottle: 'cap', prompt: 'ask for what you lack', command: ['bash', '-c', script] } },
-  };
-  const file = join(dir, 'bottle.json');
-  writeFileSync(file, JSON.stringify(manifest, null, 2));
-  track(dir);
-  return { agent, dir, home, manifest: file, env: { BOTTLE_HOME: home, BOTTLE_BASE_SOURCE: 'bootstrap', ...hostEnv } };
+  const b = bottleFolder({
+    prefix: 'bottle-cap-',
+    agent: agentName(`cap-${tag}`),
+    bottle: 'cap',
+    config: { runtime: 'runc', egress: { allow: ['first.test'] }, supervise: true, ...extra },
+    prompt: 'ask for what you lack',
+    script,
+    hostEnv,
+  });
+  track(b.dir);
+  return b;
 }
 
 /** Shell helpers of the agent scripts: talk to the supervise sidecar with curl, parse with node. */

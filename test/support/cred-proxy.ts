@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -8,7 +8,7 @@ import { slugify } from '../../machines/names.js';
 import { docker, SUITE_ID, suiteLabels } from './docker.js';
 import { execAs } from './egress.js';
 import { demux } from './images.js';
-import type { Needle, Runtime, SecBottle } from './security.js';
+import { bottleFolder, type Needle, type Runtime, type SecBottle } from './security.js';
 
 /**
  * Helpers for test/security/cred-proxy.test.ts: the cred-proxy sidecar in real bottles,
@@ -266,39 +266,15 @@ wait
 
 /** A bottle with its own folder, BOTTLE_HOME and manifest, with `routes` for its cred-proxy. */
 export function newCredBottle(opts: { tag: string; routes: RouteSpec[]; hostEnv?: Record<string, string>; runtime?: Runtime }): SecBottle {
-  const dir = mkdtempSync(join(tmpdir(), 'bottle-cred-'));
-  const home = join(dir, 'home');
-  mkdirSync(home);
-  const agent = credAgentName(opts.tag);
-  const manifest = {
-    version: 1,
-    bottles: {
-      [BOTTLE_NAME]: {
-        runtime: opts.runtime ?? 'runc',
-        cred_proxy: { routes: opts.routes },
-      },
-    },
-    agents: {
-      [agent]: {
-        bottle: BOTTLE_NAME,
-        prompt: 'probe the cred-proxy',
-        command: ['bash', '-c', AGENT_SCRIPT],
-      },
-    },
-  };
-  const file = join(dir, 'bottle.json');
-  writeFileSync(file, JSON.stringify(manifest, null, 2));
-  return {
-    agent,
-    dir,
-    home,
-    manifest: file,
-    env: {
-      BOTTLE_HOME: home,
-      BOTTLE_BASE_SOURCE: 'bootstrap',
-      ...(opts.hostEnv ?? {}),
-    },
-  };
+  return bottleFolder({
+    prefix: 'bottle-cred-',
+    agent: credAgentName(opts.tag),
+    bottle: BOTTLE_NAME,
+    config: { runtime: opts.runtime ?? 'runc', cred_proxy: { routes: opts.routes } },
+    prompt: 'probe the cred-proxy',
+    script: AGENT_SCRIPT,
+    ...(opts.hostEnv ? { hostEnv: opts.hostEnv } : {}),
+  });
 }
 
 /** Writes a token file the way a user would keep one: 0600, trailing newline. */

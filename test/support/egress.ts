@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -9,7 +9,7 @@ import { DEFAULT_SOCKET } from '../../effects/docker/client.js';
 import { slugify } from '../../machines/names.js';
 import { docker, execIn, SUITE_ID, suiteLabels } from './docker.js';
 import { demux } from './images.js';
-import type { Runtime, SecBottle } from './security.js';
+import { bottleFolder, type Runtime, type SecBottle } from './security.js';
 
 /**
  * Helpers for test/security/egress*.test.ts: the egress sidecar against upstream servers of
@@ -44,18 +44,15 @@ export function egressAgentName(tag: string): string {
 
 /** A bottle with its own folder, BOTTLE_HOME and manifest; the agent runs `script` under bash. */
 export function newEgressBottle(opts: EgressBottleOptions): SecBottle {
-  const dir = mkdtempSync(join(tmpdir(), 'bottle-egress-'));
-  const home = join(dir, 'home');
-  mkdirSync(home);
-  const agent = egressAgentName(opts.tag);
-  const manifest = {
-    version: 1,
-    bottles: { [BOTTLE_NAME]: { runtime: opts.runtime ?? 'runc', egress: { allow: opts.allow } } },
-    agents: { [agent]: { bottle: BOTTLE_NAME, prompt: 'probe the egress proxy', command: ['bash', '-c', opts.script] } },
-  };
-  const file = join(dir, 'bottle.json');
-  writeFileSync(file, JSON.stringify(manifest, null, 2));
-  return { agent, dir, home, manifest: file, env: { BOTTLE_HOME: home, BOTTLE_BASE_SOURCE: 'bootstrap', ...(opts.hostEnv ?? {}) } };
+  return bottleFolder({
+    prefix: 'bottle-egress-',
+    agent: egressAgentName(opts.tag),
+    bottle: BOTTLE_NAME,
+    config: { runtime: opts.runtime ?? 'runc', egress: { allow: opts.allow } },
+    prompt: 'probe the egress proxy',
+    script: opts.script,
+    ...(opts.hostEnv ? { hostEnv: opts.hostEnv } : {}),
+  });
 }
 
 // ---------------------------------------------------------------------------------------

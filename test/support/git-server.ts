@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -9,7 +9,7 @@ import { slugify } from '../../machines/names.js';
 import { docker, SUITE_ID, suiteLabels } from './docker.js';
 import { demux } from './images.js';
 import type { Pki } from './cred-proxy.js';
-import type { SecBottle } from './security.js';
+import { bottleFolder, type SecBottle } from './security.js';
 
 /**
  * Helpers for test/security/git-gate.test.ts: the suite's own git server, the upstream of the
@@ -283,25 +283,16 @@ wait
 
 /** A bottle with its own folder, BOTTLE_HOME and manifest, with `remotes` for its git gate. */
 export function newGitBottle(opts: { tag: string; remotes: GitRemoteSpec[]; hostEnv?: Record<string, string>; cwd?: string; allow?: string[]; runtime?: 'auto' | 'runsc' | 'runc' }): SecBottle {
-  const dir = mkdtempSync(join(tmpdir(), 'bottle-git-'));
-  const home = join(dir, 'home');
-  mkdirSync(home);
-  const agent = slugify(`git-${SUITE_ID}-${opts.tag}`);
-  const manifest = {
-    version: 1,
-    bottles: { [GIT_BOTTLE]: { runtime: opts.runtime ?? 'runc', egress: { allow: opts.allow ?? ['allowed.test'] }, git: opts.remotes } },
-    agents: { [agent]: { bottle: GIT_BOTTLE, prompt: 'work through the git gate', command: ['bash', '-c', AGENT_SCRIPT] } },
-  };
-  const file = join(dir, 'bottle.json');
-  writeFileSync(file, JSON.stringify(manifest, null, 2));
-  return {
-    agent,
-    dir,
-    home,
-    manifest: file,
-    env: { BOTTLE_HOME: home, BOTTLE_BASE_SOURCE: 'bootstrap', ...(opts.hostEnv ?? {}) },
+  return bottleFolder({
+    prefix: 'bottle-git-',
+    agent: slugify(`git-${SUITE_ID}-${opts.tag}`),
+    bottle: GIT_BOTTLE,
+    config: { runtime: opts.runtime ?? 'runc', egress: { allow: opts.allow ?? ['allowed.test'] }, git: opts.remotes },
+    prompt: 'work through the git gate',
+    script: AGENT_SCRIPT,
+    ...(opts.hostEnv ? { hostEnv: opts.hostEnv } : {}),
     ...(opts.cwd ? { cwd: opts.cwd } : {}),
-  };
+  });
 }
 
 /** Git's identity for commits the agent makes (passed with `env` to each command). */

@@ -57,33 +57,53 @@ export function agentName(tag: string): string {
   return slugify(`sec-${SUITE_ID}-${tag}`);
 }
 
-export function newBottle(opts: BottleOptions): SecBottle {
-  const dir = mkdtempSync(join(tmpdir(), 'bottle-sec-'));
+/**
+ * A bottle of a test file: a temp folder with its own BOTTLE_HOME and a manifest (JSON, which is
+ * YAML, so a script needs no quoting) of one bottle and one agent that runs `script` under bash.
+ */
+export function bottleFolder(opts: {
+  /** Prefix of the temp folder's name. */
+  prefix: string;
+  agent: string;
+  bottle: string;
+  /** The bottle's manifest entry. */
+  config: Record<string, unknown>;
+  prompt: string;
+  script: string;
+  hostEnv?: Record<string, string>;
+  cwd?: string;
+}): SecBottle {
+  const dir = mkdtempSync(join(tmpdir(), opts.prefix));
   const home = join(dir, 'home');
   mkdirSync(home);
-  const agent = agentName(opts.tag);
-  // JSON is YAML: no quoting questions for the script.
   const manifest = {
     version: 1,
-    bottles: {
-      sec: {
-        runtime: opts.runtime,
-        egress: { allow: opts.allow ?? ['allowed.test'] },
-        ...(opts.manifestEnv ? { env: opts.manifestEnv } : {}),
-      },
-    },
-    agents: { [agent]: { bottle: 'sec', prompt: 'probe the bottle', command: ['bash', '-c', opts.script] } },
+    bottles: { [opts.bottle]: opts.config },
+    agents: { [opts.agent]: { bottle: opts.bottle, prompt: opts.prompt, command: ['bash', '-c', opts.script] } },
   };
   const file = join(dir, 'bottle.json');
   writeFileSync(file, JSON.stringify(manifest, null, 2));
   return {
-    agent,
+    agent: opts.agent,
     dir,
     home,
     manifest: file,
     env: { BOTTLE_HOME: home, BOTTLE_BASE_SOURCE: 'bootstrap', ...(opts.hostEnv ?? {}) },
     ...(opts.cwd ? { cwd: opts.cwd } : {}),
   };
+}
+
+export function newBottle(opts: BottleOptions): SecBottle {
+  return bottleFolder({
+    prefix: 'bottle-sec-',
+    agent: agentName(opts.tag),
+    bottle: 'sec',
+    config: { runtime: opts.runtime, egress: { allow: opts.allow ?? ['allowed.test'] }, ...(opts.manifestEnv ? { env: opts.manifestEnv } : {}) },
+    prompt: 'probe the bottle',
+    script: opts.script,
+    ...(opts.hostEnv ? { hostEnv: opts.hostEnv } : {}),
+    ...(opts.cwd ? { cwd: opts.cwd } : {}),
+  });
 }
 
 function runArgs(b: SecBottle, extra: string[] = []): string[] {
