@@ -43,14 +43,9 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { benchArgs, median, quantile, range, sorted } from '../common.js';
 
-const args = process.argv.slice(2);
-const VALUED = ['--requests', '--streams', '--events', '--event-gap', '--slices', '--sidecar', '--json'];
-const option = (name: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const positional = args.filter((a, i) => !a.startsWith('--') && !(i > 0 && VALUED.includes(args[i - 1]!)));
+const { option, positional } = benchArgs(['--requests', '--streams', '--events', '--event-gap', '--slices', '--sidecar', '--json']);
 const ROUNDS = Number(positional[0] ?? 9);
 const REQUESTS = Number(option('--requests') ?? 400);
 const STREAMS = Number(option('--streams') ?? 100);
@@ -64,10 +59,6 @@ const root = join(here, '..', '..');
 const SIDECAR = option('--sidecar') ?? join(root, 'dist', 'sidecars', 'cred-proxy.mjs');
 const tmp = mkdtempSync(join(tmpdir(), 'bottle-bench-cred-'));
 
-const sorted = (xs: ArrayLike<number>) => Float64Array.from(xs).sort();
-const quantile = (s: Float64Array, q: number) => (s.length === 0 ? Number.NaN : s[Math.min(s.length - 1, Math.floor(q * s.length))]!);
-const median = (xs: number[]) => quantile(sorted(xs), 0.5);
-const range = (xs: number[]) => [Math.min(...xs), Math.max(...xs)] as const;
 const now = () => performance.timeOrigin + performance.now();
 
 // ---- the upstream: a fake model API ---------------------------------------------------------

@@ -60,14 +60,9 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { benchArgs, bundleSidecar, median, quantile, range, sorted } from '../common.js';
 
-const args = process.argv.slice(2);
-const VALUED = ['--clients', '--requests', '--latency-requests', '--slices', '--sidecar', '--json', '--service-ms', '--service-jitter-ms', '--service-clients', '--service-requests'];
-const option = (name: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const positional = args.filter((a, i) => !a.startsWith('--') && !(i > 0 && VALUED.includes(args[i - 1]!)));
+const { option, positional, flag } = benchArgs(['--clients', '--requests', '--latency-requests', '--slices', '--sidecar', '--json', '--service-ms', '--service-jitter-ms', '--service-clients', '--service-requests']);
 const ROUNDS = Number(positional[0] ?? 7);
 const CLIENTS = Number(option('--clients') ?? 8);
 const REQUESTS = Number(option('--requests') ?? 4000);
@@ -75,7 +70,7 @@ const LAT_REQUESTS = Number(option('--latency-requests') ?? 800);
 const SLICES = Number(option('--slices') ?? 4);
 const SPLIT_REQUESTS = 30;
 const SIDECAR = option('--sidecar');
-const NO_DOCKER = args.includes('--no-docker');
+const NO_DOCKER = flag('--no-docker');
 const JSON_OUT = option('--json');
 const MEMORY_REQUESTS = 1000;
 const SERVICE_MS = Number(option('--service-ms') ?? 2);
@@ -91,10 +86,6 @@ const root = join(here, '..', '..');
 const tmp = mkdtempSync(join(tmpdir(), 'bottle-bench-egress-'));
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const sorted = (xs: ArrayLike<number>) => Float64Array.from(xs).sort();
-const quantile = (s: Float64Array, q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
-const median = (xs: number[]) => quantile(sorted(xs), 0.5);
-const range = (xs: number[]) => [Math.min(...xs), Math.max(...xs)] as const;
 
 // ---- child processes ----------------------------------------------------------------------
 
@@ -394,24 +385,12 @@ function vm(pid: number | string, read: (p: string) => string = (p) => readFileS
   return { rssMiB: kb('VmRSS') / 1024, anonMiB: kb('RssAnon') / 1024, fileMiB: kb('RssFile') / 1024, hwmMiB: kb('VmHWM') / 1024 };
 }
 
-async function bundleSidecar(): Promise<string> {
-  if (SIDECAR) return SIDECAR;
-  const esbuild = await import('esbuild');
-  await esbuild.build({
-    entryPoints: { egress: join(root, 'sidecars', 'egress', 'main.ts') },
-    outdir: join(tmp, 'dist'),
-    outExtension: { '.js': '.mjs' },
-    bundle: true,
-    platform: 'node',
-    target: 'node18',
-    format: 'esm',
-    logLevel: 'warning',
-  });
-  return join(tmp, 'dist', 'egress.mjs');
+async function sidecarBundle(): Promise<string> {
+  return SIDECAR ?? bundleSidecar(root, 'egress', join(tmp, 'dist'));
 }
 
 async function sidecarMemory() {
-  const bundle = await bundleSidecar();
+  const bundle = await sidecarBundle();
   const allowlist = join(tmp, 'allowlist');
   writeFileSync(allowlist, '# egress bench: nothing it is sent is on this list\nallowed.test\n', { mode: 0o644 });
   const auditFile = join(tmp, 'sidecar-audit.jsonl');

@@ -58,19 +58,14 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { upstreamEnv } from '../../sidecars/git-gate/config.js';
+import { benchArgs, bundleSidecar, sorted } from '../common.js';
 
-const args = process.argv.slice(2);
-const VALUED = ['--commits', '--files', '--reps', '--sidecar', '--json'];
-const option = (name: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const positional = args.filter((a, i) => !a.startsWith('--') && !(i > 0 && VALUED.includes(args[i - 1]!)));
+const { option, positional, flag } = benchArgs(['--commits', '--files', '--reps', '--sidecar', '--json']);
 const ROUNDS = Number(positional[0] ?? 20);
 const COMMITS = Number(option('--commits') ?? 500);
 const FILES = Number(option('--files') ?? 150);
 const REPS = Number(option('--reps') ?? 10);
-const USE_TOKEN = !args.includes('--no-token');
+const USE_TOKEN = !flag('--no-token');
 const SIDECAR = option('--sidecar');
 const JSON_OUT = option('--json');
 
@@ -80,7 +75,6 @@ const tmp = mkdtempSync(join(tmpdir(), 'bottle-bench-git-gate-'));
 const TOKEN = `bench-token-${Math.random().toString(16).slice(2)}`;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const sorted = (xs: ArrayLike<number>) => Float64Array.from(xs).sort();
 /** Nearest rank: the smallest value with at least q of the samples at or below it. */
 const quantile = (xs: number[], q: number) => {
   const s = sorted(xs);
@@ -270,20 +264,8 @@ function vm(pid: number) {
   };
 }
 
-async function bundleSidecar(): Promise<string> {
-  if (SIDECAR) return SIDECAR;
-  const esbuild = await import('esbuild');
-  await esbuild.build({
-    entryPoints: { 'git-gate': join(root, 'sidecars', 'git-gate', 'main.ts') },
-    outdir: join(tmp, 'dist'),
-    outExtension: { '.js': '.mjs' },
-    bundle: true,
-    platform: 'node',
-    target: 'node18',
-    format: 'esm',
-    logLevel: 'warning',
-  });
-  return join(tmp, 'dist', 'git-gate.mjs');
+async function sidecarBundle(): Promise<string> {
+  return SIDECAR ?? bundleSidecar(root, 'git-gate', join(tmp, 'dist'));
 }
 
 interface Upstream {
@@ -428,7 +410,7 @@ async function main() {
     }),
   );
   t = performance.now();
-  const bundle = await bundleSidecar();
+  const bundle = await sidecarBundle();
   const state = join(tmp, 'gate');
   const gate = await startGate(bundle, join(conf, 'remotes.json'), state);
   console.log(`gate ${SIDECAR ?? 'fresh esbuild bundle of sidecars/git-gate/main.ts'} up with its mirror in ${((performance.now() - t) / 1000).toFixed(1)} s`);

@@ -119,10 +119,6 @@ interface EventRecord {
   value?: string;
 }
 
-// Boot time in ms since the epoch (10 ms resolution), to place a process start given in ticks.
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-const BOOT_MS = Date.now() - Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]) * 1000;
-
 const STEPS = ['resolveWorld', 'probeOrphans', 'stageFiles', 'ensureImages', 'createNetworks', 'startSidecars', 'createAgent'] as const;
 const STEP_NOTE: Partial<Record<(typeof STEPS)[number], string>> = {
   startSidecars: ' (egress up + healthy; holder, fixer alongside)',
