@@ -223,14 +223,7 @@ export class JsonlAppendAdapter<T> implements SyncAdapter<T[]> {
  * or its first line is not complete yet.
  */
 export function readFirstRecord<T>(file: string, schema: z.ZodType<T>): T | null {
-  let fd: number;
-  try {
-    fd = openSync(file, 'r');
-  } catch (err) {
-    if (errno(err) === 'ENOENT') return null;
-    throw err;
-  }
-  try {
+  const line = withFile(file, (fd) => {
     const chunks: Buffer[] = [];
     const chunk = Buffer.alloc(16 * 1024);
     for (;;) {
@@ -238,14 +231,13 @@ export function readFirstRecord<T>(file: string, schema: z.ZodType<T>): T | null
       if (n === 0) return null;
       const nl = chunk.subarray(0, n).indexOf(NEWLINE);
       chunks.push(Buffer.from(chunk.subarray(0, nl === -1 ? n : nl)));
-      if (nl !== -1) break;
+      if (nl !== -1) return Buffer.concat(chunks).toString('utf8');
     }
-    const parsed = parseChecked(schema, Buffer.concat(chunks).toString('utf8'));
-    if (!parsed.ok) throw logCorrupt(file, 1, parsed.reason);
-    return parsed.value;
-  } finally {
-    closeSync(fd);
-  }
+  });
+  if (line === null) return null;
+  const parsed = parseChecked(schema, line);
+  if (!parsed.ok) throw logCorrupt(file, 1, parsed.reason);
+  return parsed.value;
 }
 
 /** The first bytes of the line starting at `offset` (enough to read its seq). */
