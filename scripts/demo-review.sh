@@ -4,10 +4,7 @@
 # container rebuilt with jq. Sets things up like scripts/demo.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -d node_modules ] || npm ci --no-audit --no-fund
-bash scripts/docker-up.sh
-node scripts/build.mjs >/dev/null
-./bin/bottle images build --base bootstrap
+bash scripts/setup.sh
 M=examples/review/bottle.yaml
 # A store of its own: an approved Dockerfile stays with its bottle (bottles/<id>/Dockerfile),
 # so in the usual store a second demo would start with jq already there.
