@@ -85,7 +85,8 @@ interface RouteChange {
 }
 
 const routeOf = (p: Proposal) => p.change.route as RouteChange;
-const approvedRoutes = (proposals: Proposal[]) => proposals.filter((p) => p.kind === 'route' && (p.status === 'approved' || p.status === 'applying'));
+/** Route proposals in force: approved, or being applied now (the machine marks an approval `applying` before its step runs). */
+export const approvedRoutes = (proposals: Proposal[]) => proposals.filter((p) => p.kind === 'route' && (p.status === 'approved' || p.status === 'applying'));
 
 /** What the supervise sidecar shows the agent: the Dockerfile, the allowlist in force, the routes without secrets. */
 export async function currentView(deps: StepDeps, plan: BottlePlan, allowlist: string[], proposals: Proposal[]): Promise<SuperviseCurrent> {
@@ -274,10 +275,9 @@ export async function applyRoute(deps: StepDeps, plan: BottlePlan, proposal: Pro
   if (!token) {
     throw new BottleError('SECRET_UNREADABLE', `the secret for proposal ${proposal.id} did not reach ${proxy.name}`, `approve it again: bottle approve ${plan.identity} ${proposal.id} --token-env NAME`);
   }
-  const live = approvedRoutes(proposals.map((p) => (p.id === proposal.id ? { ...p, status: 'applying' as const } : p)));
   const routes = [
     ...plan.routes.map((r, i) => ({ path: r.path, upstream: r.upstream, inject: r.inject, roles: r.roles, token_file: credTokenPath(i), ...(r.ca ? { ca_file: credCaPath(i) } : {}) })),
-    ...live.map((p) => ({ ...routeOf(p), token_file: approvedTokenPath(p.id) })),
+    ...approvedRoutes(proposals).map((p) => ({ ...routeOf(p), token_file: approvedTokenPath(p.id) })),
   ];
   const taken = new Set<string>();
   for (const r of routes) {

@@ -35,7 +35,7 @@ import {
   secretHash,
   superviseFiles,
 } from './specs.js';
-import { applyDockerfile, applyRoute, currentView, swapMarker, watchProposals } from './capabilities.js';
+import { applyDockerfile, applyRoute, approvedRoutes, currentView, swapMarker, watchProposals } from './capabilities.js';
 
 /**
  * The effects of the bottle machine, built from the ports they need (Temporal's
@@ -310,7 +310,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
         // Unreadable now: its launch hash is in the sidecar's environment.
       }
     }
-    for (const p of proposals) if (p.kind === 'route' && (p.status === 'approved' || p.status === 'applying') && p.decision?.secretHash) hashes.add(p.decision.secretHash);
+    for (const p of approvedRoutes(proposals)) if (p.decision?.secretHash) hashes.add(p.decision.secretHash);
     await runtime.putFiles(egress.name, [egressHashesFile(hashes)], signal);
   }
 
@@ -377,7 +377,7 @@ export function createSteps(deps: StepDeps): Record<StepId, StepFn> {
     }
     if (proposal.kind === 'route') {
       await applyRoute(deps, plan, proposal, input.proposals ?? [proposal], signal);
-      await pushEgressHashes(plan, (input.proposals ?? [proposal]).map((p) => (p.id === proposal.id ? { ...p, status: 'applying' as const } : p)), signal);
+      await pushEgressHashes(plan, input.proposals ?? [proposal], signal);
       return { applied: true as const };
     }
     const staged = stagedPaths(deps, plan, input.runId);
