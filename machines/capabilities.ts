@@ -125,7 +125,8 @@ export function watchProposals(deps: StepDeps, plan: BottlePlan, runId: string, 
   const board = deps.board;
   if (!supervise || !board) return () => undefined;
   const submitted = new Set<string>();
-  let pushed = { current: '', decisions: '' };
+  let pushedFor: Proposal[] | undefined;
+  let pushedText = '';
   let stopped = false;
   let lastProblem = '';
   let wake: (() => void) | null = null;
@@ -159,18 +160,18 @@ export function watchProposals(deps: StepDeps, plan: BottlePlan, runId: string, 
       submitted.add(p.id);
       deps.progress(`proposal ${p.id} (${p.kind}): ${p.reason}  -> bottle proposals ${plan.identity}`);
     }
+    // The sidecar's files follow the machine's proposals (the allowlist and the Dockerfile in
+    // force change only through them): nothing to read or push while they are the ones pushed.
     const view = board.view();
-    if (!view) return;
-    const current = JSON.stringify(await currentView(deps, plan, view.allowlist, view.proposals));
-    const decisions = JSON.stringify(decisionsOf(view.proposals));
-    if (current !== pushed.current || decisions !== pushed.decisions) {
-      await deps.runtime.putFiles(
-        supervise.name,
-        superviseFiles({ current: JSON.parse(current) as SuperviseCurrent, decisions: JSON.parse(decisions) as SuperviseDecision[] }),
-        signal,
-      );
-      pushed = { current, decisions };
+    if (!view || view.proposals === pushedFor) return;
+    const current = await currentView(deps, plan, view.allowlist, view.proposals);
+    const decisions = decisionsOf(view.proposals);
+    const text = JSON.stringify({ current, decisions });
+    if (text !== pushedText) {
+      await deps.runtime.putFiles(supervise.name, superviseFiles({ current, decisions }), signal);
+      pushedText = text;
     }
+    pushedFor = view.proposals;
   };
 
   // A decision reaches the sidecar as soon as the machine has it, not at the next poll.
