@@ -4,7 +4,7 @@ import { ENGINE_VERSION } from '../machines/specs.js';
 import { cmdInit, cmdPlan, cmdValidate } from './commands/manifest.js';
 import { cmdAudit, cmdLogs, cmdLs, cmdProposals, cmdReplay, cmdStatus } from './commands/inspect.js';
 import { cmdDecide, cmdOwner, cmdResume, cmdRun, cmdStop } from './commands/run.js';
-import { cliContext } from './engine/wiring.js';
+import { cliContext } from '../engine/wiring.js';
 import { reportError } from './output.js';
 
 /**

@@ -8,7 +8,7 @@ import type { LabelledObject } from './ports.js';
  * The bottle machine. Pure: guards and assigns read only context and event payloads
  * (time and ids arrive in payloads), every side effect is an invoked actor with an
  * explicit id whose implementation the engine provides (machine.provide) from
- * machines/steps.ts. Replay folds the recorded events through this definition with
+ * engine/steps.ts. Replay folds the recorded events through this definition with
  * xstate's pure transition() and runs nothing.
  *
  *   resolving -> probingOrphans -> preparingSidecars -> live{running <-> capabilityReview}

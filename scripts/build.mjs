@@ -12,7 +12,7 @@ import * as esbuild from 'esbuild';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dist = path.join(root, 'dist');
-const CLI_LAYERS = ['cli', 'config', 'machines', 'effects', 'store'];
+const CLI_LAYERS = ['cli', 'engine', 'config', 'machines', 'effects', 'store'];
 const sidecarsOnly = process.argv.includes('--sidecars-only');
 
 async function exists(p) {

@@ -16,12 +16,12 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { foldLog } from '../../cli/engine/fold.js';
-import { RunHost } from '../../cli/engine/runner.js';
-import { openBackend, stepDeps, type CliContext } from '../../cli/engine/wiring.js';
+import { foldLog } from '../../engine/fold.js';
+import { RunHost } from '../../engine/host.js';
+import { openBackend, stepDeps, type CliContext } from '../../engine/wiring.js';
 import { validateManifest } from '../../config/manifest.js';
 import type { BottleInput } from '../../machines/bottle.machine.js';
-import { createSteps } from '../../machines/steps.js';
+import { createSteps } from '../../engine/steps.js';
 import { EventLog } from '../../store/event-log.js';
 import { eventsFile } from '../../store/paths.js';
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The launch baseline: the Docker objects that `bottle run AGENT --detach` makes (machines/steps.ts,
+# The launch baseline: the Docker objects that `bottle run AGENT --detach` makes (engine/steps.ts,
 # machines/specs.ts), made by hand with the docker CLI, in the same order, with the same options
 # and the same parallelism. Returns once the agent container runs. Tear down with teardown.sh IDENTITY.
 #
@@ -65,7 +65,7 @@ deny=$(docker network inspect -f '{{range .IPAM.Config}}{{if .Gateway}}{{.Gatewa
 phase networks
 
 # startSidecars: the agent's network namespace is made in the background while the egress
-# sidecar comes up, as in machines/steps.ts (Promise.allSettled of netns() and the sidecars).
+# sidecar comes up, as in engine/steps.ts (Promise.allSettled of netns() and the sidecars).
 # netns: the holder (internal network, alias agent, closed DNS), started; then the one-shot
 # fixer that deletes the default route in its namespace (docker run --rm: create, start, wait, remove).
 netns() {

@@ -3,8 +3,8 @@ import { createDockerClient } from '../../effects/docker/client.js';
 import { prepareImages } from '../../effects/docker/image-setup.js';
 import { LABEL, type LabelledObject } from '../../machines/ports.js';
 import { ENGINE_VERSION } from '../../machines/specs.js';
-import { claudeCodeCache, repoRoot } from '../engine/docker-backend.js';
-import { openBackend, StoreRunRegistry, type CliContext } from '../engine/wiring.js';
+import { claudeCodeCache, repoRoot } from '../../engine/docker-backend.js';
+import { openBackend, StoreRunRegistry, type CliContext } from '../../engine/wiring.js';
 import { info, printJson, table } from '../output.js';
 
 /**

@@ -6,10 +6,10 @@ import { EventLog } from '../../store/event-log.js';
 import { auditDir, eventsFile, logsFile } from '../../store/paths.js';
 import type { LogRecord } from '../../store/records.js';
 import { listBottles, readStateDoc } from '../../store/state-doc.js';
-import { foldLog, type Folded } from '../engine/fold.js';
-import { openBackend } from '../engine/wiring.js';
-import { replayFile } from '../engine/replay.js';
-import type { CliContext } from '../engine/wiring.js';
+import { foldLog, type Folded } from '../../engine/fold.js';
+import { openBackend } from '../../engine/wiring.js';
+import { replayFile } from '../../engine/replay.js';
+import type { CliContext } from '../../engine/wiring.js';
 import { info, printJson, table } from '../output.js';
 import { currentRun, ownerAlive } from './run.js';
 

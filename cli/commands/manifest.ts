@@ -7,7 +7,7 @@ import { bottleIdentity } from '../../machines/names.js';
 import { buildPlan, containerNamesToProbe, planSummary, type PlanOverrides } from '../../machines/plan.js';
 import { perBottleDockerfile } from '../../store/paths.js';
 
-import { openBackend, type CliContext } from '../engine/wiring.js';
+import { openBackend, type CliContext } from '../../engine/wiring.js';
 import { info, printJson, table } from '../output.js';
 
 export interface ManifestOpts {

@@ -1,8 +1,8 @@
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { foldLog } from '../../cli/engine/fold.js';
-import { replayFile } from '../../cli/engine/replay.js';
+import { foldLog } from '../../engine/fold.js';
+import { replayFile } from '../../engine/replay.js';
 import { FakeRuntime } from '../../effects/fake-runtime.js';
 import { readCounts } from '../../effects/fakes.js';
 import { DOCKERFILE_TEMPLATE } from '../../machines/specs.js';

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { replayFile } from '../../cli/engine/replay.js';
+import { replayFile } from '../../engine/replay.js';
 import { FakeRuntime } from '../../effects/fake-runtime.js';
 import { STEP_IDS } from '../../machines/bottle.machine.js';
 import { EventLog } from '../../store/event-log.js';

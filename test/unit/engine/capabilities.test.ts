@@ -1,8 +1,8 @@
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { foldLog } from '../../../cli/engine/fold.js';
-import { replayFile } from '../../../cli/engine/replay.js';
+import { foldLog } from '../../../engine/fold.js';
+import { replayFile } from '../../../engine/replay.js';
 import { FakeRuntime } from '../../../effects/fake-runtime.js';
 import { readCounts } from '../../../effects/fakes.js';
 import { DOCKERFILE_TEMPLATE, EGRESS_ALLOWLIST_PATH, SUPERVISE_DIR } from '../../../machines/specs.js';

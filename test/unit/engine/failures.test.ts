@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { replayFile } from '../../../cli/engine/replay.js';
+import { replayFile } from '../../../engine/replay.js';
 import { FakeRuntime, type FakeFailure } from '../../../effects/fake-runtime.js';
 import { eventsFile } from '../../../store/paths.js';
 import { fakeContext, startFakeRun, testInput, testManifest, worldFile, type FakeRunOpts } from '../../support/engine.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { foldLog } from '../../../cli/engine/fold.js';
-import { replayFile } from '../../../cli/engine/replay.js';
+import { foldLog } from '../../../engine/fold.js';
+import { replayFile } from '../../../engine/replay.js';
 import { FakeRuntime } from '../../../effects/fake-runtime.js';
 import { EventLog } from '../../../store/event-log.js';
 import { postCommand } from '../../../store/mailbox.js';

@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { replayFile } from '../../../cli/engine/replay.js';
+import { replayFile } from '../../../engine/replay.js';
 import { eventsFile } from '../../../store/paths.js';
 import { fakeContext, startFakeRun, testInput, testManifest } from '../../support/engine.js';
 

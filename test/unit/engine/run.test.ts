@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { replayFile } from '../../../cli/engine/replay.js';
+import { replayFile } from '../../../engine/replay.js';
 import { FakeRuntime } from '../../../effects/fake-runtime.js';
 import { eventsFile } from '../../../store/paths.js';
 import { fakeContext, startFakeRun, testInput, testManifest } from '../../support/engine.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { replayFile } from '../../../cli/engine/replay.js';
-import { RunHost } from '../../../cli/engine/runner.js';
+import { replayFile } from '../../../engine/replay.js';
+import { RunHost } from '../../../engine/host.js';
 import { FakeRuntime } from '../../../effects/fake-runtime.js';
 import { EventLog } from '../../../store/event-log.js';
 import { postCommand } from '../../../store/mailbox.js';

@@ -1,9 +1,9 @@
 import { posix } from 'node:path';
 import { BottleError } from '../config/errors.js';
-import type { Proposal, ProposalKind } from './bottle.machine.js';
-import { unifiedDiff } from './diff.js';
-import type { BottlePlan } from './plan.js';
-import type { ContainerSpec, IncomingProposal } from './ports.js';
+import type { Proposal, ProposalKind } from '../machines/bottle.machine.js';
+import { unifiedDiff } from '../machines/diff.js';
+import type { BottlePlan } from '../machines/plan.js';
+import type { ContainerSpec, IncomingProposal } from '../machines/ports.js';
 import {
   AGENT_SESSION_DIR,
   CRED_DIR,
@@ -15,7 +15,7 @@ import {
   type SuperviseCurrent,
   type SuperviseDecision,
   superviseFiles,
-} from './specs.js';
+} from '../machines/specs.js';
 import type { StepDeps } from './steps.js';
 
 /**

@@ -1,7 +1,7 @@
-import { gitGateFileRefs, gitGateFiles } from './git-gate.js';
+import { gitGateFileRefs, gitGateFiles } from '../machines/git-gate.js';
 import { BottleError, toErrorData } from '../config/errors.js';
-import type { CreatedResource, Proposal, ResolveOutput, StepError, StepId } from './bottle.machine.js';
-import type { BottlePlan } from './plan.js';
+import type { CreatedResource, Proposal, ResolveOutput, StepError, StepId } from '../machines/bottle.machine.js';
+import type { BottlePlan } from '../machines/plan.js';
 import type {
   AgentIO,
   AuditSink,
@@ -17,8 +17,8 @@ import type {
   RunRegistry,
   SecretReader,
   Stager,
-} from './ports.js';
-import { LABEL } from './ports.js';
+} from '../machines/ports.js';
+import { LABEL } from '../machines/ports.js';
 import { parseEgressEntry } from '../config/field-rules.js';
 import {
   agentSpec,
@@ -34,7 +34,7 @@ import {
   egressHashesFile,
   secretHash,
   superviseFiles,
-} from './specs.js';
+} from '../machines/specs.js';
 import { applyDockerfile, applyRoute, approvedRoutes, currentView, swapMarker, watchProposals } from './capabilities.js';
 
 /**

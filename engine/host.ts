@@ -2,7 +2,7 @@ import { setMaxListeners } from 'node:events';
 import { mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { createActor, fromPromise, type AnyActorRef } from 'xstate';
-import { BottleError, toErrorData, type ErrorData } from '../../config/errors.js';
+import { BottleError, toErrorData, type ErrorData } from '../config/errors.js';
 import {
   bottleMachine,
   MACHINE_VERSION,
@@ -11,15 +11,15 @@ import {
   type BottleEvent,
   type BottleInput,
   type StepId,
-} from '../../machines/bottle.machine.js';
-import type { Clock } from '../../machines/ports.js';
-import type { StepFn } from '../../machines/steps.js';
-import { EventLog, effectKey } from '../../store/event-log.js';
-import { acquireRunLock, type RunLock } from '../../store/lock.js';
-import { ackCommand, pendingCommands, quarantineCommand, watchMailbox } from '../../store/mailbox.js';
-import { commandsDir, eventsFile, lockFile, runDir } from '../../store/paths.js';
-import type { LogRecord, NewRecord } from '../../store/records.js';
-import { writeStateDoc } from '../../store/state-doc.js';
+} from '../machines/bottle.machine.js';
+import type { Clock } from '../machines/ports.js';
+import type { StepFn } from './steps.js';
+import { EventLog, effectKey } from '../store/event-log.js';
+import { acquireRunLock, type RunLock } from '../store/lock.js';
+import { ackCommand, pendingCommands, quarantineCommand, watchMailbox } from '../store/mailbox.js';
+import { commandsDir, eventsFile, lockFile, runDir } from '../store/paths.js';
+import type { LogRecord, NewRecord } from '../store/records.js';
+import { writeStateDoc } from '../store/state-doc.js';
 import { foldLog, type Snapshot } from './fold.js';
 import { toMachineEvent, type MailboxCommand } from './commands.js';
 

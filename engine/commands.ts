@@ -1,4 +1,4 @@
-import type { BottleEvent, ProposalKind } from '../../machines/bottle.machine.js';
+import type { BottleEvent, ProposalKind } from '../machines/bottle.machine.js';
 
 /** What `bottle approve|deny|stop` (and the supervise queue) write into a run's mailbox. */
 export type MailboxCommand =

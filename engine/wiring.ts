@@ -2,12 +2,12 @@ import { existsSync, type Stats, unwatchFile, watchFile } from 'node:fs';
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { BottleError } from '../../config/errors.js';
-import { readSecret } from '../../config/secrets.js';
-import { FakeCapabilities, FakeImages } from '../../effects/fakes.js';
-import { FakeRuntime, type FakeFailure } from '../../effects/fake-runtime.js';
-import { FsStager, NodeHostFiles, ProcessHostEnv, SystemClock } from '../../effects/local.js';
-import { currentAllowlist, type Proposal } from '../../machines/bottle.machine.js';
+import { BottleError } from '../config/errors.js';
+import { readSecret } from '../config/secrets.js';
+import { FakeCapabilities, FakeImages } from '../effects/fakes.js';
+import { FakeRuntime, type FakeFailure } from '../effects/fake-runtime.js';
+import { FsStager, NodeHostFiles, ProcessHostEnv, SystemClock } from '../effects/local.js';
+import { currentAllowlist, type Proposal } from '../machines/bottle.machine.js';
 import type {
   AgentIO,
   AuditSink,
@@ -20,13 +20,13 @@ import type {
   ProposalBoard,
   RunRegistry,
   SecretReader,
-} from '../../machines/ports.js';
-import { postCommand } from '../../store/mailbox.js';
+} from '../machines/ports.js';
+import { postCommand } from '../store/mailbox.js';
 import type { Snapshot } from './fold.js';
-import type { StepDeps } from '../../machines/steps.js';
-import { readLockOwner } from '../../store/lock.js';
-import { auditDir, bottleHome, commandsDir, isSegment, lockFile, logsFile, perBottleDockerfile, queueDir, runDir, runsDir, transcriptDir } from '../../store/paths.js';
-import type { FaultPoint } from './runner.js';
+import type { StepDeps } from './steps.js';
+import { readLockOwner } from '../store/lock.js';
+import { auditDir, bottleHome, commandsDir, isSegment, lockFile, logsFile, perBottleDockerfile, queueDir, runDir, runsDir, transcriptDir } from '../store/paths.js';
+import type { FaultPoint } from './host.js';
 
 /** What every command knows about where it runs; the only reader of process.env besides cli/main.ts. */
 export interface CliContext {

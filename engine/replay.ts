@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { initialTransition, transition } from 'xstate';
-import { bottleMachine, MACHINE_VERSION, stateName, type BottleInput } from '../../machines/bottle.machine.js';
-import { RecordSchema, type LogRecord } from '../../store/records.js';
+import { bottleMachine, MACHINE_VERSION, stateName, type BottleInput } from '../machines/bottle.machine.js';
+import { RecordSchema, type LogRecord } from '../store/records.js';
 import { restoreSnapshot, type Snapshot } from './fold.js';
 
 /**

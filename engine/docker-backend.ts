@@ -3,17 +3,17 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type Docker from 'dockerode';
-import { BottleError } from '../../config/errors.js';
-import { createDockerClient } from '../../effects/docker/client.js';
-import { BASE_BOOTSTRAP_TAG, findBaseImage, type BaseSource } from '../../effects/docker/image-base.js';
-import { findCachedClaudeCode } from '../../effects/docker/image-claude-code.js';
-import { prepareImages, type PrepareImagesOptions } from '../../effects/docker/image-setup.js';
-import { imageBuildPlan } from '../../effects/docker/images-plan.js';
-import { DockerodeImageBuilder } from '../../effects/docker/images.js';
-import { DockerodeRuntime } from '../../effects/docker/runtime.js';
-import type { BottlePlan } from '../../machines/plan.js';
-import type { BuildProgress, CapabilityApplier, ImageProvider } from '../../machines/ports.js';
-import { ENGINE_VERSION } from '../../machines/specs.js';
+import { BottleError } from '../config/errors.js';
+import { createDockerClient } from '../effects/docker/client.js';
+import { BASE_BOOTSTRAP_TAG, findBaseImage, type BaseSource } from '../effects/docker/image-base.js';
+import { findCachedClaudeCode } from '../effects/docker/image-claude-code.js';
+import { prepareImages, type PrepareImagesOptions } from '../effects/docker/image-setup.js';
+import { imageBuildPlan } from '../effects/docker/images-plan.js';
+import { DockerodeImageBuilder } from '../effects/docker/images.js';
+import { DockerodeRuntime } from '../effects/docker/runtime.js';
+import type { BottlePlan } from '../machines/plan.js';
+import type { BuildProgress, CapabilityApplier, ImageProvider } from '../machines/ports.js';
+import { ENGINE_VERSION } from '../machines/specs.js';
 import type { Backend, CliContext } from './wiring.js';
 
 /** The checkout or installed package: the folder holding images/ and dist/sidecars/. */
@@ -133,7 +133,7 @@ class DockerCapabilities implements CapabilityApplier {
 
 export async function dockerBackend(ctx: CliContext): Promise<Backend> {
   const docker = createDockerClient(ctx.env.DOCKER_HOST ? { dockerHost: ctx.env.DOCKER_HOST } : {});
-  const { bottleDir } = await import('../../store/paths.js');
+  const { bottleDir } = await import('../store/paths.js');
   return {
     kind: 'docker',
     // Readiness is polled; 50 ms keeps a launch from idling on the poll (docs/benchmarks.md).

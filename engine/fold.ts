@@ -1,7 +1,7 @@
 import { createActor, initialTransition, transition } from 'xstate';
-import { BottleError } from '../../config/errors.js';
-import { bottleMachine, MACHINE_VERSION, type BottleInput } from '../../machines/bottle.machine.js';
-import type { LogRecord } from '../../store/records.js';
+import { BottleError } from '../config/errors.js';
+import { bottleMachine, MACHINE_VERSION, type BottleInput } from '../machines/bottle.machine.js';
+import type { LogRecord } from '../store/records.js';
 
 /**
  * Folding a run's log through the machine with xstate's pure transition(): the state
