@@ -13,7 +13,7 @@ import {
   type StepId,
 } from '../machines/bottle.machine.js';
 import type { Clock } from '../machines/ports.js';
-import type { StepFn } from './steps.js';
+import type { StepFn } from './steps/index.js';
 import { EventLog, effectKey } from '../store/event-log.js';
 import { acquireRunLock, type RunLock } from '../store/lock.js';
 import { ackCommand, pendingCommands, quarantineCommand, watchMailbox } from '../store/mailbox.js';

@@ -23,7 +23,7 @@ import type {
 } from '../machines/ports.js';
 import { postCommand } from '../store/mailbox.js';
 import type { Snapshot } from './fold.js';
-import type { StepDeps } from './steps.js';
+import type { StepDeps } from './steps/index.js';
 import { readLockOwner } from '../store/lock.js';
 import { auditDir, bottleHome, commandsDir, isSegment, lockFile, logsFile, perBottleDockerfile, queueDir, runDir, runsDir, transcriptDir } from '../store/paths.js';
 import type { FaultPoint } from './host.js';

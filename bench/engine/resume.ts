@@ -21,7 +21,7 @@ import { RunHost } from '../../engine/host.js';
 import { openBackend, stepDeps, type CliContext } from '../../engine/wiring.js';
 import { validateManifest } from '../../config/manifest.js';
 import type { BottleInput } from '../../machines/bottle.machine.js';
-import { createSteps } from '../../engine/steps.js';
+import { createSteps } from '../../engine/steps/index.js';
 import { EventLog } from '../../store/event-log.js';
 import { eventsFile } from '../../store/paths.js';
 

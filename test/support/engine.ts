@@ -6,7 +6,7 @@ import { RunHost } from '../../engine/host.js';
 import { openBackend, StoreProposalBoard, stepDeps, type CliContext } from '../../engine/wiring.js';
 import type { Snapshot } from '../../engine/fold.js';
 import { bottleIdentity } from '../../machines/names.js';
-import { createSteps } from '../../engine/steps.js';
+import { createSteps } from '../../engine/steps/index.js';
 import { FakeRuntime, type FakeFailure } from '../../effects/fake-runtime.js';
 import { FakeCapabilities, FakeImages } from '../../effects/fakes.js';
 import type { BottleInput } from '../../machines/bottle.machine.js';

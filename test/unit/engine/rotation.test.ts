@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { validateManifest } from '../../../config/manifest.js';
 import { FakeRuntime } from '../../../effects/fake-runtime.js';
-import { approvedTokenPath } from '../../../engine/capabilities.js';
+import { approvedTokenPath } from '../../../machines/proposals.js';
 import { CRED_ROUTES_PATH, EGRESS_HASHES_PATH, secretHash } from '../../../machines/specs.js';
 import { postCommand } from '../../../store/mailbox.js';
 import { commandsDir } from '../../../store/paths.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { checkIncoming } from '../../../engine/capabilities.js';
+import { checkIncoming } from '../../../machines/proposals.js';
 
 /** The host checks what the supervise sidecar printed again before a human ever reads it. */
 

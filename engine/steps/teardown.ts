@@ -1,0 +1,51 @@
+import type { CreatedResource } from '../../machines/bottle.machine.js';
+import { LABEL } from '../../machines/ports.js';
+import type { StepDeps } from './deps.js';
+
+const AUDITED_ROLES = new Set(['egress', 'cred-proxy', 'supervise', 'git-gate']);
+
+/**
+ * Removes what the run created, in the order given (the machine passes it reversed), then
+ * sweeps anything else labelled with this run: a crash in the middle of a step can leave an
+ * object the context never listed, and the run label says it is ours, so that is still exact.
+ */
+export async function teardown(deps: StepDeps, input: { identity: string; runId: string; resources: CreatedResource[] }, signal: AbortSignal) {
+  const removed: CreatedResource[] = [];
+  for (const r of input.resources) {
+    await removeResource(deps, r, signal, input.identity);
+    removed.push(r);
+  }
+  const stray = await deps.runtime.listLabelled({ [LABEL.identity]: input.identity, [LABEL.run]: input.runId }, signal);
+  const rank = { container: 0, network: 1, volume: 2 } as const;
+  for (const o of stray.sort((a, b) => rank[a.kind] - rank[b.kind])) {
+    const role = o.labels[LABEL.role];
+    const r: CreatedResource = { kind: o.kind, name: o.name, ...(role ? { role } : {}) };
+    await removeResource(deps, r, signal, input.identity);
+    removed.push(r);
+  }
+  return { removed };
+}
+
+async function removeResource(deps: StepDeps, r: CreatedResource, signal: AbortSignal, identity: string) {
+  switch (r.kind) {
+    case 'container':
+      // Sidecars write their audit lines to stdout; they are kept before the container goes.
+      if (r.role && AUDITED_ROLES.has(r.role)) await collectAudit(deps, identity, r.name, r.role, signal);
+      await deps.runtime.removeContainer(r.name, signal);
+      break;
+    case 'network':
+      await deps.runtime.removeNetwork(r.name, signal);
+      break;
+    case 'volume':
+      await deps.runtime.removeVolume(r.name, signal);
+      break;
+    case 'stage':
+      await deps.stager.removeDir(r.name);
+      break;
+  }
+}
+
+async function collectAudit(deps: StepDeps, identity: string, container: string, source: string, signal: AbortSignal) {
+  const lines = (await deps.runtime.readStdout(container, signal)).split('\n').filter((l) => l.trim().startsWith('{'));
+  if (lines.length > 0) await deps.audit.append(identity, source, lines);
+}
