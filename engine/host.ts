@@ -21,7 +21,7 @@ import { commandsDir, eventsFile, lockFile, runDir } from '../store/paths.js';
 import type { LogRecord, NewRecord } from '../store/records.js';
 import { writeStateDoc } from '../store/state-doc.js';
 import { foldLog, type Snapshot } from './fold.js';
-import { toMachineEvent, type MailboxCommand } from './commands.js';
+import { MailboxCommandSchema, toMachineEvent } from '../machines/commands.js';
 
 /**
  * The run host: the single owner of one run. It keeps the log written ahead of the
@@ -49,6 +49,8 @@ export interface HostDeps {
   onState?: (state: string, snapshot: Snapshot) => void;
   /** Called with every snapshot of the machine (the proposal board follows the context). */
   onSnapshot?: (snapshot: Snapshot) => void;
+  /** Said to the user: problems the run carries on through (a malformed command file). */
+  report?: (line: string) => void;
   /** A snapshot record every this many events (resume folds only the tail). */
   snapshotEvery?: number;
 }
@@ -283,9 +285,14 @@ export class RunHost {
     this.draining = true;
     try {
       const dir = commandsDir(this.deps.home, this.identity, this.runId);
-      const pending = pendingCommands(dir);
-      for (const bad of pending.malformed) quarantineCommand(dir, bad.name);
-      for (const cmd of pending.commands as unknown as MailboxCommand[]) {
+      const pending = pendingCommands(dir, MailboxCommandSchema);
+      // A file that is not one of the commands never reaches the log or the machine: it is
+      // moved aside (kept for inspection) and said, so nobody waits on it in silence.
+      for (const bad of pending.malformed) {
+        const to = quarantineCommand(dir, bad.name);
+        this.deps.report?.(`mailbox: ${bad.name} is not a command (${bad.reason}); moved aside to ${to}`);
+      }
+      for (const cmd of pending.commands) {
         // Appended before it is acted on and acknowledged after: a crash in between leaves
         // the file, and the id in the log makes the second delivery a no-op.
         if (!this.commandIds.has(cmd.id)) {

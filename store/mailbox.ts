@@ -18,8 +18,14 @@ const ID = /^[A-Za-z0-9_-]{1,64}$/;
 const NAME = /^(\d{15})-([A-Za-z0-9_-]{1,64})\.json$/;
 const QUARANTINED = '.malformed';
 
+/**
+ * What every command file is at the least; the owner passes its own, stricter schema (the
+ * engine's one command type) to pendingCommands, so a file that fails it is reported as
+ * malformed and never handed on.
+ */
 export const MailboxCommandSchema = z.looseObject({ id: z.string().regex(ID), type: z.string().min(1) });
 export type MailboxCommand = z.infer<typeof MailboxCommandSchema>;
+type Envelope = { id: string; type: string };
 
 export interface MalformedCommand {
   /** File name inside the mailbox, for quarantineCommand. */
@@ -27,8 +33,8 @@ export interface MalformedCommand {
   reason: string;
 }
 
-export interface PendingCommands {
-  commands: MailboxCommand[];
+export interface PendingCommands<C extends Envelope = MailboxCommand> {
+  commands: C[];
   /** Files that are not commands: reported so the owner can log and quarantine them. */
   malformed: MalformedCommand[];
 }
@@ -50,25 +56,29 @@ function entries(dir: string): string[] {
   return readdirIfPresent(dir).filter((n) => !n.startsWith('.') && !n.endsWith(QUARANTINED)).sort();
 }
 
-function parseCommand(dir: string, name: string, id: string): MailboxCommand | string {
-  const parsed = parseChecked(MailboxCommandSchema, readFileSync(join(dir, name), 'utf8'));
-  if (!parsed.ok) return parsed.reason;
-  if (parsed.value.id !== id) return `its id ${JSON.stringify(parsed.value.id)} does not match the file name`;
-  return parsed.value;
+function parseCommand<C extends Envelope>(dir: string, name: string, id: string, schema: z.ZodType<C>): C | string {
+  const text = readFileSync(join(dir, name), 'utf8');
+  const envelope = parseChecked(MailboxCommandSchema, text);
+  if (!envelope.ok) return envelope.reason;
+  if (envelope.value.id !== id) return `its id ${JSON.stringify(envelope.value.id)} does not match the file name`;
+  const parsed = parseChecked(schema, text);
+  return parsed.ok ? parsed.value : parsed.reason;
 }
 
-/** Commands waiting in `dir`, oldest first. */
-export function pendingCommands(dir: string): PendingCommands {
-  const out: PendingCommands = { commands: [], malformed: [] };
+/** Commands waiting in `dir`, oldest first, each checked against `schema` (by default only the envelope). */
+export function pendingCommands(dir: string): PendingCommands;
+export function pendingCommands<C extends Envelope>(dir: string, schema: z.ZodType<C>): PendingCommands<C>;
+export function pendingCommands(dir: string, schema: z.ZodType<Envelope> = MailboxCommandSchema): PendingCommands<Envelope> {
+  const out: PendingCommands<Envelope> = { commands: [], malformed: [] };
   for (const name of entries(dir)) {
     const m = NAME.exec(name);
     if (!m) {
       out.malformed.push({ name, reason: 'not a command file name (<time>-<id>.json)' });
       continue;
     }
-    let parsed: MailboxCommand | string;
+    let parsed: Envelope | string;
     try {
-      parsed = parseCommand(dir, name, m[2] as string);
+      parsed = parseCommand(dir, name, m[2] as string, schema);
     } catch (err) {
       // Acked by a concurrent drain between listing and reading: nothing pending there any more.
       if (errno(err) === 'ENOENT') continue;

@@ -1,11 +1,13 @@
+import { readdirSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { RunHost } from '../../../engine/host.js';
 import { foldLog } from '../../../engine/fold.js';
 import { replayFile } from '../../../engine/replay.js';
 import { FakeRuntime } from '../../../effects/fake-runtime.js';
 import { EventLog } from '../../../store/event-log.js';
 import { postCommand } from '../../../store/mailbox.js';
 import { commandsDir, eventsFile } from '../../../store/paths.js';
-import { fakeContext, startFakeRun, testInput, testManifest, worldFile, until } from '../../support/engine.js';
+import { fakeContext, fakeHostDeps, startFakeRun, testInput, testManifest, worldFile, until } from '../../support/engine.js';
 
 describe('commands through the mailbox', () => {
   it('approve, deny and stop are applied exactly once, also when sent twice', async () => {
@@ -71,5 +73,36 @@ describe('commands through the mailbox', () => {
     await until(() => states[states.length - 1] === 'running', 'running again');
     postCommand(dir, { id: 's1', type: 'stop' });
     expect((await host.done).state).toBe('done');
+  });
+
+  it('a command file that is not one of the commands is quarantined, reported, and never reaches the log or the machine', async () => {
+    const ctx = fakeContext();
+    const input = testInput(ctx, testManifest({ agentCommand: ['fake-agent', '--ms', 'forever'], supervise: true }));
+    const states: string[] = [];
+    const reports: string[] = [];
+    const host = RunHost.start({ ...(await fakeHostDeps(ctx, { onState: (s) => states.push(s) })), report: (line) => reports.push(line) }, input);
+    const dir = commandsDir(ctx.home, input.identity, input.runId);
+    const file = eventsFile(ctx.home, input.identity, input.runId);
+    await until(() => states.includes('running'), 'running');
+    postCommand(dir, { id: 'p1', type: 'propose', proposal: { id: 'prop-1', kind: 'allowlist', reason: 'need it', change: { hosts: ['later.test'] } } });
+    await until(() => foldLog(EventLog.read(file), file, { fromSnapshot: false }).snapshot.context.proposals.length === 1, 'proposal');
+    // The envelope is fine (an id and a type), the command is not: an approve without a proposal,
+    // an unknown type, and an approve with a key no command has.
+    postCommand(dir, { id: 'bad1', type: 'approve', by: 'tester' });
+    postCommand(dir, { id: 'bad2', type: 'launch-missiles' });
+    postCommand(dir, { id: 'bad3', type: 'approve', proposal: 'prop-1', by: 'tester', force: true });
+    await until(() => reports.length === 3, 'three reports');
+    expect(reports.join('\n')).toMatch(/bad1\.json is not a command .*proposal/);
+    const left = readdirSync(dir);
+    expect(left.filter((n) => n.endsWith('.malformed')).map((n) => n.replace(/^\d+-/, '')).sort()).toEqual(['bad1.json.malformed', 'bad2.json.malformed', 'bad3.json.malformed']);
+    const records = EventLog.read(file);
+    const text = JSON.stringify(records);
+    for (const id of ['bad1', 'bad2', 'bad3']) expect(text).not.toContain(id);
+    expect(records.filter((r) => r.kind === 'event' && r.event.type === 'proposal.approve')).toHaveLength(0);
+    const folded = foldLog(records, file, { fromSnapshot: false }).snapshot;
+    expect(folded.context.proposals[0]?.status).toBe('pending');
+    postCommand(dir, { id: 's1', type: 'stop' });
+    expect((await host.done).state).toBe('done');
+    expect(replayFile(file).problem).toBeNull();
   });
 });
