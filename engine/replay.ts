@@ -1,8 +1,7 @@
-import { readFileSync } from 'node:fs';
-import { initialTransition, transition } from 'xstate';
-import { bottleMachine, MACHINE_VERSION, stateName, type BottleInput } from '../machines/bottle.machine.js';
-import { RecordSchema, type LogRecord } from '../store/records.js';
-import { restoreSnapshot, type Snapshot } from './fold.js';
+import { MACHINE_VERSION, stateName, type BottleInput } from '../machines/bottle.machine.js';
+import { EventLog } from '../store/event-log.js';
+import type { LogRecord } from '../store/records.js';
+import { LogFold, restoreSnapshot } from './fold.js';
 
 /**
  * `bottle replay`: folds a run's history through the machine without running any
@@ -24,7 +23,14 @@ export interface ReplayReport {
   events: number;
   finalState: string | null;
   /** The first inconsistency, with its 1-based line in events.jsonl. */
-  problem: { line: number; message: string } | null;
+  problem: ReplayProblem | null;
+}
+
+export interface ReplayProblem {
+  line: number;
+  message: string;
+  /** MACHINE_VERSION: the log was recorded by another machine and cannot be judged by this one. */
+  code?: 'REPLAY_MISMATCH' | 'MACHINE_VERSION';
 }
 
 const OUTCOME = /^xstate\.(done|error)\.actor\.(.+)$/;
@@ -34,53 +40,35 @@ function same(a: unknown, b: unknown): boolean {
 }
 
 export function replayFile(file: string): ReplayReport {
-  const text = readFileSync(file, 'utf8');
-  const lines = text.split('\n');
-  const torn = !text.endsWith('\n') && lines.length > 0;
-  if (!torn) lines.pop();
-  const records: { rec: LogRecord; line: number }[] = [];
-  const fail = (line: number, message: string, events = 0, state: string | null = null): ReplayReport => ({
-    ok: false,
-    records: records.length,
-    events,
-    finalState: state,
-    problem: { line, message },
-  });
-  for (let i = 0; i < lines.length; i++) {
-    const raw = lines[i]!;
-    let json: unknown;
-    try {
-      json = JSON.parse(raw);
-    } catch {
-      if (torn && i === lines.length - 1) break;
-      return fail(i + 1, 'not valid JSON');
-    }
-    const parsed = RecordSchema.safeParse(json);
-    if (!parsed.success) return fail(i + 1, `not a valid record: ${parsed.error.issues[0]?.message ?? 'schema mismatch'}`);
-    const expected = records.length + 1;
-    if (parsed.data.seq !== expected) return fail(i + 1, `seq ${parsed.data.seq} where ${expected} was expected (lines swapped, lost or inserted)`);
-    records.push({ rec: parsed.data, line: i + 1 });
+  // The one reader of the log: damage stops it at the first bad line, a torn last line is a crash.
+  const read = EventLog.check(file);
+  const records = read.records.map((rec, i) => ({ rec, line: i + 1 }));
+  const report = replayRecords(records);
+  if (read.problem && (report.ok || report.problem!.line > read.problem.line)) {
+    const { line, notJson, reason } = read.problem;
+    const message = notJson ? 'not valid JSON' : /^seq /.test(reason) ? `${reason} (lines swapped, lost or inserted)` : `not a valid record: ${reason}`;
+    return { ...report, ok: false, records: records.length, problem: { line, message } };
   }
-  return replayRecords(records);
+  return report;
 }
 
 export function replayRecords(records: { rec: LogRecord; line: number }[]): ReplayReport {
   let events = 0;
-  let snapshot: Snapshot | null = null;
-  const fail = (line: number, message: string): ReplayReport => ({
+  let live: LogFold | null = null;
+  const fail = (line: number, message: string, code: ReplayProblem['code'] = 'REPLAY_MISMATCH'): ReplayReport => ({
     ok: false,
     records: records.length,
     events,
-    finalState: snapshot ? stateName(snapshot.value) : null,
-    problem: { line, message },
+    finalState: live ? stateName(live.snapshot.value) : null,
+    problem: { line, message, code },
   });
   const first = records[0];
-  if (!first || first.rec.kind !== 'run.started') return fail(first?.line ?? 1, 'the first record is not run.started');
+  if (first?.rec.kind !== 'run.started') return fail(first?.line ?? 1, 'the first record is not run.started');
   if (first.rec.machineVersion !== MACHINE_VERSION) {
-    return fail(first.line, `recorded by machine ${first.rec.machineVersion}, this engine is ${MACHINE_VERSION}`);
+    return fail(first.line, `recorded by machine ${first.rec.machineVersion}, this engine is ${MACHINE_VERSION}`, 'MACHINE_VERSION');
   }
   const input = first.rec.input as BottleInput;
-  snapshot = initialTransition(bottleMachine, input)[0];
+  live = new LogFold(input);
   const completed = new Map<string, unknown>();
   const failed = new Set<string>();
   const lastKeyOfStep = new Map<string, string>();
@@ -108,8 +96,8 @@ export function replayRecords(records: { rec: LogRecord; line: number }[]): Repl
         const m = OUTCOME.exec(rec.event.type);
         if (m) {
           const step = m[2]!;
-          if (!(step in snapshot.children)) {
-            return fail(line, `${rec.event.type} arrived while ${step} was not running (state ${stateName(snapshot.value)})`);
+          if (!(step in live.snapshot.children)) {
+            return fail(line, `${rec.event.type} arrived while ${step} was not running (state ${stateName(live.snapshot.value)})`);
           }
           const key = lastKeyOfStep.get(step);
           if (m[1] === 'done') {
@@ -120,20 +108,20 @@ export function replayRecords(records: { rec: LogRecord; line: number }[]): Repl
             return fail(line, `${rec.event.type} without a failed effect in the journal`);
           }
         }
-        snapshot = transition(bottleMachine, snapshot, rec.event as never)[0];
+        live.feed(rec);
         events++;
         break;
       }
       case 'state': {
-        const folded = stateName(snapshot.value);
-        if (folded !== rec.value || snapshot.status !== rec.status) {
-          return fail(line, `recorded state ${rec.value} (${rec.status}) but the history folds to ${folded} (${snapshot.status})`);
+        const folded = stateName(live.snapshot.value);
+        if (folded !== rec.value || live.snapshot.status !== rec.status) {
+          return fail(line, `recorded state ${rec.value} (${rec.status}) but the history folds to ${folded} (${live.snapshot.status})`);
         }
         break;
       }
       case 'snapshot': {
         const restored = restoreSnapshot(rec.snapshot, input);
-        if (!same(restored.value, snapshot.value) || !same(restored.context, snapshot.context)) {
+        if (!same(restored.value, live.snapshot.value) || !same(restored.context, live.snapshot.context)) {
           return fail(line, 'snapshot record differs from the folded history');
         }
         if (rec.eventCount !== events) return fail(line, `snapshot says ${rec.eventCount} events, ${events} were folded`);
@@ -147,9 +135,9 @@ export function replayRecords(records: { rec: LogRecord; line: number }[]): Repl
   }
   // Open intents at the very end are a crash that nobody has resumed yet; a run that
   // ended cannot have any.
-  if (snapshot.status === 'done' && openIntents.size > 0) {
+  if (live.snapshot.status === 'done' && openIntents.size > 0) {
     const [key, line] = [...openIntents.entries()][0]!;
     return fail(line, `intent ${key} never got an outcome`);
   }
-  return { ok: true, records: records.length, events, finalState: stateName(snapshot.value), problem: null };
+  return { ok: true, records: records.length, events, finalState: stateName(live.snapshot.value), problem: null };
 }

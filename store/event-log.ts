@@ -1,19 +1,31 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { LowSync } from 'lowdb';
-import { findLastLine, JsonlAppendAdapter, logCorrupt, readFirstRecord, readLinePrefix } from './jsonl-adapter.js';
+import { findLastLine, JsonlAppendAdapter, logCorrupt, type ReadProblem, readFirstRecord, readJsonl, readJsonlFrom, readLinePrefix, type TailStart } from './jsonl-adapter.js';
 import { type LogRecord, type NewRecord, RecordSchema } from './records.js';
 
 export interface EventLogOptions {
   clock: { now(): number };
 }
 
-/** Every line is a record (the adapter rejects anything else), so record i sits on line i + 1. */
-function checkGapless(file: string, records: readonly LogRecord[], before = 0): void {
-  records.forEach((rec, i) => {
+/** Every line is a record (the reader rejects anything else), so record i sits on line i + 1. */
+function seqProblem(records: readonly LogRecord[], before = 0): ReadProblem | null {
+  for (let i = 0; i < records.length; i++) {
     const want = before + i + 1;
-    if (rec.seq !== want) throw logCorrupt(file, want, `seq ${rec.seq} where ${want} was expected`);
-  });
+    const seq = records[i]!.seq;
+    if (seq !== want) return { line: want, notJson: false, reason: `seq ${seq} where ${want} was expected` };
+  }
+  return null;
+}
+
+function checkGapless(file: string, records: readonly LogRecord[], before = 0): void {
+  const problem = seqProblem(records, before);
+  if (problem) throw logCorrupt(file, problem.line, problem.reason);
+}
+
+/** A reader that follows a log its owner is still writing: each call returns only what is new. */
+export interface LogFollower {
+  next(): LogRecord[];
 }
 
 /**
@@ -79,6 +91,30 @@ export class EventLog {
     const records = new JsonlAppendAdapter(file, RecordSchema).read() ?? [];
     checkGapless(file, records);
     return records;
+  }
+
+  /**
+   * The records of `file` as far as they are whole and in order, and the first line that is
+   * not (a torn last line is not a problem): for `bottle replay`, which reports instead of throwing.
+   */
+  static check(file: string): { records: LogRecord[]; problem: ReadProblem | null } {
+    const read = readJsonl(file, RecordSchema);
+    const seq = seqProblem(read.records);
+    if (seq) return { records: read.records.slice(0, seq.line - 1), problem: seq };
+    return { records: read.records, problem: read.problem };
+  }
+
+  /** Follows the log at `file` from its start, reading each byte once. */
+  static follow(file: string): LogFollower {
+    let at: TailStart = { offset: 0, records: 0 };
+    return {
+      next() {
+        const { records, next } = readJsonlFrom(file, RecordSchema, at);
+        checkGapless(file, records, at.records);
+        at = next;
+        return records;
+      },
+    };
   }
 
   /** The records held: all of them, or after openTail the tail from the last snapshot on. */

@@ -16,6 +16,13 @@ export function logCorrupt(file: string, line: number, reason: string): BottleEr
   );
 }
 
+/** The first line that is not a record: where it is and why (a torn last line is not one). */
+export interface ReadProblem {
+  line: number;
+  notJson: boolean;
+  reason: string;
+}
+
 interface Scan<T> {
   records: T[];
   exists: boolean;
@@ -25,6 +32,8 @@ interface Scan<T> {
   torn: boolean;
   /** The last valid record was written without its newline. */
   missingNewline: boolean;
+  /** Set when a line other than a torn last one fails: reading stopped there. */
+  problem: ReadProblem | null;
 }
 
 /** Where reading starts: byte offset of a line start, and how many records precede it. */
@@ -33,34 +42,62 @@ export interface TailStart {
   records: number;
 }
 
-function scan<T>(file: string, schema: z.ZodType<T>, from: TailStart = { offset: 0, records: 0 }): Scan<T> {
-  const buf = from.offset === 0 ? readIfPresent(file) : readTail(file, from.offset);
-  if (buf === null) return { records: [], exists: false, goodBytes: 0, torn: false, missingNewline: false };
+/**
+ * The one reader of JSONL files: every record a line, checked against `schema`. Every record
+ * is one object written with its newline in one go, so a crash can only leave an unfinished
+ * object at the very end (torn, ignored); a bad line anywhere else is damage, and reading
+ * stops there with the problem. With `wholeLines`, a last line without its newline is left
+ * for the next read (a reader following a file its writer is still appending to).
+ */
+function scan<T>(file: string, schema: z.ZodType<T>, from: TailStart = { offset: 0, records: 0 }, opts: { wholeLines?: boolean } = {}): Scan<T> {
+  let buf = from.offset === 0 ? readIfPresent(file) : readTail(file, from.offset);
+  if (buf === null) return { records: [], exists: false, goodBytes: 0, torn: false, missingNewline: false, problem: null };
+  if (opts.wholeLines) buf = buf.subarray(0, buf.lastIndexOf(NEWLINE) + 1);
   const records: T[] = [];
   let pos = 0;
   let line = from.records + 1;
   let torn = false;
   let missingNewline = false;
+  let problem: ReadProblem | null = null;
   while (pos < buf.length) {
     const nl = buf.indexOf(NEWLINE, pos);
     const last = nl === -1;
     const end = last ? buf.length : nl;
     const parsed = parseChecked(schema, buf.toString('utf8', pos, end));
     if (!parsed.ok) {
-      // Every record is one object written with its newline in one go, so a crash can only
-      // leave an unfinished object at the very end; anywhere else it is damage.
-      if (last && parsed.notJson) {
-        torn = true;
-        break;
-      }
-      throw logCorrupt(file, line, parsed.reason);
+      if (last && parsed.notJson) torn = true;
+      else problem = { line, notJson: parsed.notJson, reason: parsed.reason };
+      break;
     }
     records.push(parsed.value);
     pos = last ? buf.length : nl + 1;
     missingNewline = last;
     line++;
   }
-  return { records, exists: true, goodBytes: from.offset + pos, torn, missingNewline };
+  return { records, exists: true, goodBytes: from.offset + pos, torn, missingNewline, problem };
+}
+
+/** scan, where a damaged line is an error naming the file and line. */
+function scanOrThrow<T>(file: string, schema: z.ZodType<T>, from?: TailStart): Scan<T> {
+  const s = scan(file, schema, from);
+  if (s.problem) throw logCorrupt(file, s.problem.line, s.problem.reason);
+  return s;
+}
+
+/** Every record of `file` up to the first damaged line, and that line's problem; nothing is thrown for damage. */
+export function readJsonl<T>(file: string, schema: z.ZodType<T>): { records: T[]; exists: boolean; problem: ReadProblem | null } {
+  const s = scan(file, schema);
+  return { records: s.records, exists: s.exists, problem: s.problem };
+}
+
+/**
+ * The whole records written to `file` since `from` (none when it does not exist yet), and
+ * where the next read starts: a follower reads each byte once, not the file each time.
+ */
+export function readJsonlFrom<T>(file: string, schema: z.ZodType<T>, from: TailStart): { records: T[]; next: TailStart } {
+  const s = scan(file, schema, from, { wholeLines: true });
+  if (s.problem) throw logCorrupt(file, s.problem.line, s.problem.reason);
+  return { records: s.records, next: { offset: s.goodBytes, records: from.records + s.records.length } };
 }
 
 /** Runs `fn` on `file` opened for reading; null when the file does not exist. */
@@ -159,7 +196,7 @@ export class JsonlAppendAdapter<T> implements SyncAdapter<T[]> {
 
   /** Records on disk, or null when the file does not exist yet (lowdb then keeps its default). */
   read(): T[] | null {
-    const s = scan(this.file, this.#schema, this.#from);
+    const s = scanOrThrow(this.file, this.#schema, this.#from);
     this.#loaded = true;
     this.#exists = s.exists;
     this.#persisted = s.records.length;
