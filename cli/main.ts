@@ -1,10 +1,10 @@
 import { Command, CommanderError, Option } from 'commander';
 import { BottleError } from '../config/errors.js';
-import { ENGINE_VERSION } from '../machines/specs.js';
+import { ENGINE_VERSION } from '../engine/version.js';
 import { cmdInit, cmdPlan, cmdValidate } from './commands/manifest.js';
 import { cmdAudit, cmdLogs, cmdLs, cmdProposals, cmdReplay, cmdStatus } from './commands/inspect.js';
 import { cmdDecide, cmdOwner, cmdResume, cmdRun, cmdStop } from './commands/run.js';
-import { cliContext } from '../engine/wiring.js';
+import { cliContext } from './context.js';
 import { reportError } from './output.js';
 
 /**

@@ -14,7 +14,8 @@ import { DockerodeRuntime } from '../effects/docker/runtime.js';
 import type { BottlePlan } from '../machines/plan.js';
 import type { BuildProgress, CapabilityApplier, ImageProvider } from '../machines/ports.js';
 import { ENGINE_VERSION } from '../machines/specs.js';
-import type { Backend, CliContext } from './wiring.js';
+import type { Backend } from './backend.js';
+import type { EngineContext } from './context.js';
 
 /** The checkout or installed package: the folder holding images/ and dist/sidecars/. */
 export function repoRoot(): string {
@@ -26,7 +27,7 @@ export function repoRoot(): string {
   throw new BottleError('INTERNAL', 'cannot find the images/ folder of this bot-bottle installation');
 }
 
-export function baseSource(ctx: CliContext): BaseSource {
+export function baseSource(ctx: EngineContext): BaseSource {
   const v = ctx.env.BOTTLE_BASE_SOURCE ?? 'auto';
   if (v !== 'auto' && v !== 'registry' && v !== 'bootstrap') {
     throw new BottleError('USAGE', `BOTTLE_BASE_SOURCE must be auto, registry or bootstrap, got '${v}'`);
@@ -34,10 +35,10 @@ export function baseSource(ctx: CliContext): BaseSource {
   return v;
 }
 
-export const claudeCodeCache = (ctx: CliContext) => join(ctx.home, 'cache', 'claude-code');
+export const claudeCodeCache = (ctx: EngineContext) => join(ctx.home, 'cache', 'claude-code');
 
 /** Options that decide the content tags; shared by `bottle images build` and every run. */
-async function planOptions(ctx: CliContext, docker: Docker) {
+async function planOptions(ctx: EngineContext, docker: Docker) {
   let architecture = process.arch === 'x64' ? 'x86_64' : process.arch;
   let base = BASE_BOOTSTRAP_TAG;
   try {
@@ -71,7 +72,7 @@ function imageOptionsFor(plan: BottlePlan, root: string) {
 
 class DockerImages implements ImageProvider {
   constructor(
-    private readonly ctx: CliContext,
+    private readonly ctx: EngineContext,
     private readonly docker: Docker,
     private readonly perBottleDir: (identity: string) => string,
   ) {}
@@ -103,7 +104,7 @@ class DockerImages implements ImageProvider {
  */
 class DockerCapabilities implements CapabilityApplier {
   constructor(
-    private readonly ctx: CliContext,
+    private readonly ctx: EngineContext,
     private readonly docker: Docker,
     private readonly perBottleDir: (identity: string) => string,
   ) {}
@@ -131,7 +132,7 @@ class DockerCapabilities implements CapabilityApplier {
   }
 }
 
-export async function dockerBackend(ctx: CliContext): Promise<Backend> {
+export async function dockerBackend(ctx: EngineContext): Promise<Backend> {
   const docker = createDockerClient(ctx.env.DOCKER_HOST ? { dockerHost: ctx.env.DOCKER_HOST } : {});
   const { bottleDir } = await import('../store/paths.js');
   return {

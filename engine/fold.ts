@@ -19,7 +19,7 @@ export function machineVersionError(file: string, recorded: string): BottleError
   return new BottleError(
     'MACHINE_VERSION',
     `${file}: run was recorded by machine ${recorded}, this engine is ${MACHINE_VERSION}`,
-    'finish, replay or stop it with the bot-bottle version that started it (its `bottle --version`); this version can still show it with `bottle audit`',
+    `finish, replay or stop it with the bot-bottle version that started it (the machine version is in its first line: head -1 '${file}')`,
   );
 }
 

@@ -21,6 +21,7 @@ import { commandsDir, eventsFile, lockFile, runDir } from '../store/paths.js';
 import type { LogRecord, NewRecord } from '../store/records.js';
 import { writeStateDoc } from '../store/state-doc.js';
 import { foldLog, type Snapshot } from './fold.js';
+import { crashIfAsked, type FaultPoint } from './test-hooks/failpoints.js';
 import { MailboxCommandSchema, toMachineEvent } from '../machines/commands.js';
 
 /**
@@ -32,18 +33,12 @@ import { MailboxCommandSchema, toMachineEvent } from '../machines/commands.js';
  * where the snapshot comes from.
  */
 
-/** Kill the process right after a journal record: the fault tests' switch (BOTTLE_FAULT). */
-export interface FaultPoint {
-  when: 'intent' | 'completed';
-  step: string;
-  attempt?: number;
-}
-
 export interface HostDeps {
   home: string;
   steps: Record<StepId, StepFn>;
   clock: Clock;
   pid?: number;
+  /** Test hook: the fault tests' kill switch (engine/test-hooks/failpoints.ts). */
   fault?: FaultPoint;
   /** Called on every change of the CONTRACT state name. */
   onState?: (state: string, snapshot: Snapshot) => void;
@@ -172,13 +167,6 @@ export class RunHost {
     this.outcomes.set(step, (this.outcomes.get(step) ?? 0) + 1);
   }
 
-  private crashIfAsked(when: FaultPoint['when'], step: string, attempt: number) {
-    const f = this.deps.fault;
-    if (f && f.when === when && f.step === step && (f.attempt === undefined || f.attempt === attempt)) {
-      process.kill(process.pid, 'SIGKILL');
-    }
-  }
-
   /**
    * The journal around one effect. The attempt counts outcomes the machine has already
    * consumed, so after a crash the re-run invocation finds its own key: completed ->
@@ -194,7 +182,7 @@ export class RunHost {
     // Every Docker call of a step listens on this one signal; that is not a leak.
     setMaxListeners(0, signal);
     this.append({ kind: 'effect.intent', key, step, attempt });
-    this.crashIfAsked('intent', step, attempt);
+    crashIfAsked(this.deps.fault, 'intent', step, attempt);
     // An invocation the machine cancels by leaving its state gets its outcome at the moment
     // of the abort, not when the step gets round to noticing: by then the run may be over.
     let settled = false;
@@ -214,7 +202,7 @@ export class RunHost {
       settled = true;
       const data = { ...toErrorData(err), ...(err && typeof err === 'object' && !(err instanceof Error) ? err : {}) } as ErrorData;
       this.append({ kind: 'effect.failed', key, error: data });
-      this.crashIfAsked('completed', step, attempt);
+      crashIfAsked(this.deps.fault, 'completed', step, attempt);
       throw data;
     } finally {
       signal.removeEventListener('abort', onAbort);
@@ -222,7 +210,7 @@ export class RunHost {
     if (settled) throw cancelled;
     settled = true;
     this.append({ kind: 'effect.completed', key, output: output ?? null });
-    this.crashIfAsked('completed', step, attempt);
+    crashIfAsked(this.deps.fault, 'completed', step, attempt);
     return output ?? null;
   }
 

@@ -25,7 +25,29 @@ function checkGapless(file: string, records: readonly LogRecord[], before = 0): 
 
 /** A reader that follows a log its owner is still writing: each call returns only what is new. */
 export interface LogFollower {
+  /** The run.started record (read even when following starts at the last snapshot). */
+  readonly first: LogRecord | null;
   next(): LogRecord[];
+}
+
+/**
+ * Where the last snapshot record's line starts (found by reading backwards from the end), with
+ * the log's first record: what reading only the tail needs. Null without a snapshot record.
+ */
+function lastSnapshotStart(file: string): { from: TailStart; first: LogRecord } | null {
+  const offset = findLastLine(file, '"kind":"snapshot"', (line) => {
+    try {
+      return (JSON.parse(line) as { kind?: unknown }).kind === 'snapshot';
+    } catch {
+      // A torn last line cannot be the snapshot we want.
+      return false;
+    }
+  });
+  if (offset === null || offset === 0) return null;
+  const first = readFirstRecord(file, RecordSchema);
+  const seqText = /"seq":(\d+)/.exec(readLinePrefix(file, offset));
+  if (!first || !seqText) return null;
+  return { from: { offset, records: Number(seqText[1]) - 1 }, first };
 }
 
 /**
@@ -57,23 +79,12 @@ export class EventLog {
    * Without a snapshot record it reads everything, as open() does.
    */
   static openTail(file: string, opts: EventLogOptions): EventLog {
-    const offset = findLastLine(file, '"kind":"snapshot"', (line) => {
-      try {
-        return (JSON.parse(line) as { kind?: unknown }).kind === 'snapshot';
-      } catch {
-        // A torn last line cannot be the snapshot we want.
-        return false;
-      }
-    });
-    if (offset === null || offset === 0) return EventLog.open(file, opts);
-    const first = readFirstRecord(file, RecordSchema);
-    const seqText = /"seq":(\d+)/.exec(readLinePrefix(file, offset));
-    if (!first || !seqText) return EventLog.open(file, opts);
-    const before = Number(seqText[1]) - 1;
-    const db = new LowSync<LogRecord[]>(new JsonlAppendAdapter(file, RecordSchema, { offset, records: before }), []);
+    const tail = lastSnapshotStart(file);
+    if (!tail) return EventLog.open(file, opts);
+    const db = new LowSync<LogRecord[]>(new JsonlAppendAdapter(file, RecordSchema, tail.from), []);
     db.read();
-    checkGapless(file, db.data, before);
-    return new EventLog(file, db, opts.clock, before, first);
+    checkGapless(file, db.data, tail.from.records);
+    return new EventLog(file, db, opts.clock, tail.from.records, tail.first);
   }
 
   /** Opens (creating the run directory if needed) and reads the whole log. */
@@ -104,10 +115,15 @@ export class EventLog {
     return { records: read.records, problem: read.problem };
   }
 
-  /** Follows the log at `file` from its start, reading each byte once. */
-  static follow(file: string): LogFollower {
-    let at: TailStart = { offset: 0, records: 0 };
+  /**
+   * Follows the log at `file`, reading each byte once: from its start, or from its last
+   * snapshot record (the first `next()` then begins with that record).
+   */
+  static follow(file: string, opts: { fromLastSnapshot?: boolean } = {}): LogFollower {
+    const tail = opts.fromLastSnapshot ? lastSnapshotStart(file) : null;
+    let at: TailStart = tail?.from ?? { offset: 0, records: 0 };
     return {
+      first: tail?.first ?? null,
       next() {
         const { records, next } = readJsonlFrom(file, RecordSchema, at);
         checkGapless(file, records, at.records);

@@ -18,7 +18,9 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { foldLog } from '../../engine/fold.js';
 import { RunHost } from '../../engine/host.js';
-import { openBackend, stepDeps, type CliContext } from '../../engine/wiring.js';
+import { openBackend } from '../../engine/backend.js';
+import { stepDeps } from '../../engine/adapters.js';
+import type { EngineContext } from '../../engine/context.js';
 import { validateManifest } from '../../config/manifest.js';
 import type { BottleInput } from '../../machines/bottle.machine.js';
 import { createSteps } from '../../engine/steps/index.js';
@@ -32,7 +34,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 async function main() {
   const home = mkdtempSync(join(tmpdir(), 'bottle-bench-'));
-  const ctx: CliContext = { env: { BOTTLE_BACKEND: 'fake', BOTTLE_HOME: home }, cwd: home, homeDir: home, home };
+  const ctx: EngineContext = { env: { BOTTLE_BACKEND: 'fake', BOTTLE_HOME: home }, cwd: home, homeDir: home, home };
   const m = validateManifest({
     version: 1,
     bottles: { box: { egress: { allow: ['allowed.test'] } } },

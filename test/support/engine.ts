@@ -3,7 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateManifest, type Manifest } from '../../config/manifest.js';
 import { RunHost } from '../../engine/host.js';
-import { openBackend, StoreProposalBoard, stepDeps, type CliContext } from '../../engine/wiring.js';
+import { openBackend } from '../../engine/backend.js';
+import { StoreProposalBoard, stepDeps } from '../../engine/adapters.js';
+import type { EngineContext } from '../../engine/context.js';
 import type { Snapshot } from '../../engine/fold.js';
 import { bottleIdentity } from '../../machines/names.js';
 import { createSteps } from '../../engine/steps/index.js';
@@ -22,12 +24,12 @@ export function testManifest(extra: { agentCommand?: string[]; supervise?: boole
   return result.manifest;
 }
 
-export function fakeContext(env: Record<string, string> = {}): CliContext {
+export function fakeContext(env: Record<string, string> = {}): EngineContext {
   const home = mkdtempSync(join(tmpdir(), 'bottle-test-'));
   return { env: { BOTTLE_BACKEND: 'fake', BOTTLE_HOME: home, ...env }, cwd: home, homeDir: home, home };
 }
 
-export function testInput(ctx: CliContext, manifest: Manifest, runId = `r${Date.now().toString(36)}`): BottleInput {
+export function testInput(ctx: EngineContext, manifest: Manifest, runId = `r${Date.now().toString(36)}`): BottleInput {
   return {
     runId,
     identity: bottleIdentity('coder', null),
@@ -42,7 +44,7 @@ export function testInput(ctx: CliContext, manifest: Manifest, runId = `r${Date.
   };
 }
 
-export const worldFile = (ctx: CliContext) => join(ctx.home, 'fake-world.json');
+export const worldFile = (ctx: EngineContext) => join(ctx.home, 'fake-world.json');
 
 export interface FakeRunOpts {
   onState?: (s: string) => void;
@@ -51,7 +53,7 @@ export interface FakeRunOpts {
   applyFail?: string[];
 }
 
-export async function fakeHostDeps(ctx: CliContext, opts: FakeRunOpts = {}) {
+export async function fakeHostDeps(ctx: EngineContext, opts: FakeRunOpts = {}) {
   const backend = await openBackend(ctx);
   const counts = `${worldFile(ctx)}.counts`;
   if (opts.fail) backend.runtime = new FakeRuntime(worldFile(ctx), { fail: opts.fail });
@@ -69,7 +71,7 @@ export async function fakeHostDeps(ctx: CliContext, opts: FakeRunOpts = {}) {
   };
 }
 
-export async function startFakeRun(ctx: CliContext, input: BottleInput, opts: FakeRunOpts = {}) {
+export async function startFakeRun(ctx: EngineContext, input: BottleInput, opts: FakeRunOpts = {}) {
   return RunHost.start(await fakeHostDeps(ctx, opts), input);
 }
 

@@ -1,11 +1,8 @@
 import { existsSync, type Stats, unwatchFile, watchFile } from 'node:fs';
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { BottleError } from '../config/errors.js';
 import { readSecret } from '../config/secrets.js';
-import { FakeCapabilities, FakeImages } from '../effects/fakes.js';
-import { FakeRuntime, type FakeFailure } from '../effects/fake-runtime.js';
 import { FsStager, NodeHostFiles, ProcessHostEnv, SystemClock } from '../effects/local.js';
 import { currentAllowlist, type Proposal } from '../machines/bottle.machine.js';
 import type {
@@ -13,9 +10,6 @@ import type {
   AuditSink,
   BottlePaths,
   BuildProgress,
-  CapabilityApplier,
-  ContainerRuntime,
-  ImageProvider,
   IncomingProposal,
   ProposalBoard,
   RunRegistry,
@@ -25,60 +19,9 @@ import { postCommand } from '../store/mailbox.js';
 import type { Snapshot } from './fold.js';
 import type { StepDeps } from './steps/index.js';
 import { readLockOwner } from '../store/lock.js';
-import { auditDir, bottleHome, commandsDir, isSegment, lockFile, logsFile, perBottleDockerfile, queueDir, runDir, runsDir, transcriptDir } from '../store/paths.js';
-import type { FaultPoint } from './host.js';
-
-/** What every command knows about where it runs; the only reader of process.env besides cli/main.ts. */
-export interface CliContext {
-  env: Record<string, string | undefined>;
-  cwd: string;
-  homeDir: string;
-  home: string;
-}
-
-export function cliContext(env: Record<string, string | undefined> = process.env): CliContext {
-  const homeDir = env.HOME ?? homedir();
-  return { env, cwd: process.cwd(), homeDir, home: bottleHome(env, homeDir) };
-}
-
-export interface Backend {
-  kind: 'docker' | 'fake';
-  runtime: ContainerRuntime;
-  images: ImageProvider;
-  capabilities: CapabilityApplier;
-  /** Content tags of the built-in agent and sidecar images. */
-  imageTags(): Promise<{ agent: string; sidecar: string }>;
-}
-
-/**
- * BOTTLE_BACKEND=fake selects the file-backed fake world (tests, and trying the engine
- * without Docker); anything else is Docker.
- */
-export async function openBackend(ctx: CliContext): Promise<Backend> {
-  if (ctx.env.BOTTLE_BACKEND === 'fake') return fakeBackend(ctx);
-  const { dockerBackend } = await import('./docker-backend.js');
-  return dockerBackend(ctx);
-}
-
-function fakeBackend(ctx: CliContext): Backend {
-  const world = ctx.env.BOTTLE_FAKE_WORLD ?? join(ctx.home, 'fake-world.json');
-  const fail: FakeFailure[] = (ctx.env.BOTTLE_FAKE_FAIL ?? '')
-    .split(',')
-    .filter(Boolean)
-    .map((spec) => {
-      const [op, name] = spec.split(':');
-      return name ? { op: op!, name } : { op: op! };
-    });
-  const runtimes = (ctx.env.BOTTLE_FAKE_RUNTIMES ?? 'runc').split(',');
-  const counts = `${world}.counts`;
-  return {
-    kind: 'fake',
-    runtime: new FakeRuntime(world, { runtimes, fail }),
-    images: new FakeImages(counts, fail.some((f) => f.op === 'ensureImages')),
-    capabilities: new FakeCapabilities(counts, (ctx.env.BOTTLE_FAKE_APPLY_FAIL ?? '').split(',').filter(Boolean)),
-    imageTags: async () => ({ agent: 'bot-bottle/agent:fake', sidecar: 'bot-bottle/sidecar:fake' }),
-  };
-}
+import { auditDir, commandsDir, isSegment, lockFile, logsFile, perBottleDockerfile, queueDir, runDir, runsDir, transcriptDir } from '../store/paths.js';
+import type { Backend } from './backend.js';
+import type { EngineContext } from './context.js';
 
 export function storePaths(home: string): BottlePaths {
   return {
@@ -130,7 +73,7 @@ export class FileAuditSink implements AuditSink {
 
 /** Secret refs read on the host (config/secrets.ts); file refs watched for rotation by polling. */
 export class HostSecretReader implements SecretReader {
-  constructor(private readonly ctx: CliContext) {}
+  constructor(private readonly ctx: EngineContext) {}
   read(ref: { file: string } | { env: string }): string {
     return readSecret(ref, { baseDir: '/', env: this.ctx.env, homeDir: this.ctx.homeDir });
   }
@@ -183,7 +126,7 @@ export class StoreProposalBoard implements ProposalBoard {
   }
 }
 
-export function stepDeps(ctx: CliContext, backend: Backend, opts: { io?: AgentIO; progress: BuildProgress; board?: ProposalBoard }): StepDeps {
+export function stepDeps(ctx: EngineContext, backend: Backend, opts: { io?: AgentIO; progress: BuildProgress; board?: ProposalBoard }): StepDeps {
   return {
     runtime: backend.runtime,
     audit: new FileAuditSink(ctx.home),
@@ -202,14 +145,3 @@ export function stepDeps(ctx: CliContext, backend: Backend, opts: { io?: AgentIO
 }
 
 export const clock = new SystemClock();
-
-/** BOTTLE_FAULT=intent:STEP[:ATTEMPT] or completed:STEP[:ATTEMPT]: the fault tests' kill switch. */
-export function faultFromEnv(env: Record<string, string | undefined>): FaultPoint | undefined {
-  const spec = env.BOTTLE_FAULT;
-  if (!spec) return undefined;
-  const [when, step, attempt] = spec.split(':');
-  if ((when !== 'intent' && when !== 'completed') || !step) {
-    throw new BottleError('USAGE', `BOTTLE_FAULT must be intent:STEP[:ATTEMPT] or completed:STEP[:ATTEMPT], got '${spec}'`);
-  }
-  return { when, step, ...(attempt ? { attempt: Number(attempt) } : {}) };
-}
