@@ -5,6 +5,7 @@ import type net from 'node:net';
 import { type Duplex, pipeline, type Transform } from 'node:stream';
 import tls from 'node:tls';
 import zlib from 'node:zlib';
+import { addHeader, connectionNamed, type HeaderMap, isHopByHop, JSON_TYPE, rawResponse, requestTimeouts, TEXT_TYPE } from '../common/http.js';
 import type { AuditRecord } from './audit.js';
 import { containsAny, RedactStream, redactText } from './redact.js';
 import { HEALTH_PATH, matchRoute, type Route, requestPathProblem, upstreamTarget } from './routes.js';
@@ -91,19 +92,6 @@ export interface CredProxy extends http.Server {
   setRoutes(routes: readonly Route[]): void;
 }
 
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'expect', // Node answers 100-continue itself; the upstream gets the body straight away
-]);
-
 /** Inbound headers never forwarded, whatever the route: credentials and client facts. */
 const STRIPPED_INBOUND = new Set([
   'host',
@@ -123,26 +111,7 @@ const STRIPPED_INBOUND = new Set([
 /** Upstream response headers never passed to the agent besides hop-by-hop ones. */
 const STRIPPED_OUTBOUND = new Set(['set-cookie', 'set-cookie2']);
 
-type HeaderMap = Record<string, string | string[]>;
-
 const DEFAULT_SYSTEM_CA = '/etc/ssl/certs/ca-certificates.crt';
-
-/** The names the Connection header lists: hop-by-hop for this message. */
-function connectionNamed(raw: readonly string[]): Set<string> {
-  const named = new Set<string>();
-  for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]!.toLowerCase() !== 'connection') continue;
-    for (const t of raw[i + 1]!.split(',')) named.add(t.trim().toLowerCase());
-  }
-  return named;
-}
-
-function addHeader(out: HeaderMap, name: string, value: string): void {
-  const prev = out[name];
-  if (prev === undefined) out[name] = value;
-  else if (Array.isArray(prev)) prev.push(value);
-  else out[name] = [prev, value];
-}
 
 /** A keep-alive agent per route; https agents trust the system CAs plus the route's bundle. */
 export function upstreamAgent(route: Route, systemCaFile: string = DEFAULT_SYSTEM_CA, keepAliveMs = 4000): http.Agent {
@@ -201,21 +170,9 @@ function decoderFor(encoding: string): Transform | undefined {
   }
 }
 
-const JSON_TYPE = 'application/json';
-
 /** An error body shaped like a model API's, so an SDK shows the message. */
 function errorBody(type: string, message: string, extra: Record<string, unknown> = {}): string {
   return `${JSON.stringify({ type: 'error', error: { type, message }, ...extra })}\n`;
-}
-
-function rawResponse(socket: Duplex, status: number, body: string): void {
-  if (!socket.writable) {
-    socket.destroy();
-    return;
-  }
-  const head = `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Error'}\r\nContent-Type: ${JSON_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n`;
-  socket.end(head + body);
-  setTimeout(() => socket.destroy(), 2000).unref();
 }
 
 export function createCredProxy(opts: CredProxyOptions): CredProxy {
@@ -226,8 +183,6 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
   const placeholder = opts.placeholder === '' ? undefined : opts.placeholder;
   const connectTimeout = opts.connectTimeoutMs ?? 10_000;
   const idleTimeout = opts.idleTimeoutMs ?? 600_000;
-  const headersTimeout = opts.headersTimeoutMs ?? 30_000;
-  const requestTimeout = Math.max(opts.requestTimeoutMs ?? 600_000, headersTimeout);
   /** Builds the table for `routes`, reusing the agents of `previous` where the route is unchanged; throws before anything changes. */
   const buildTable = (routes: readonly Route[], previous?: RouteTable): RouteTable => {
     const agents = new Map<Route, http.Agent>();
@@ -268,11 +223,7 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
     }
   };
 
-  const server = http.createServer({
-    headersTimeout,
-    requestTimeout,
-    connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(headersTimeout / 4))),
-  }) as CredProxy;
+  const server = http.createServer(requestTimeouts(opts.headersTimeoutMs ?? 30_000, opts.requestTimeoutMs ?? 600_000)) as CredProxy;
   server.on('connection', (s: net.Socket) => s.setNoDelay(true));
 
   const health = (req: http.IncomingMessage, res: http.ServerResponse) => {
@@ -291,7 +242,7 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
         text = `unhealthy: ${bad.map((b) => `route ${byFile(b.file)}: ${b.error}`).join('; ')}\n`;
       }
     }
-    res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+    res.writeHead(status, { 'content-type': TEXT_TYPE, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
     res.end(method === 'HEAD' ? undefined : text);
   };
 
@@ -399,7 +350,7 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
         alarm ??= `a real token in the request header ${name}`;
         continue;
       }
-      if (HOP_BY_HOP.has(name) || name.startsWith('proxy-') || named.has(name) || STRIPPED_INBOUND.has(name) || name === r.inject.header) continue;
+      if (isHopByHop(name, named) || STRIPPED_INBOUND.has(name) || name === r.inject.header) continue;
       if (placeholder !== undefined && value.includes(placeholder)) continue;
       addHeader(headers, name, value);
     }
@@ -448,7 +399,7 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
       const out: HeaderMap = {};
       for (let i = 0; i < uraw.length; i += 2) {
         const name = uraw[i]!.toLowerCase();
-        if (HOP_BY_HOP.has(name) || name.startsWith('proxy-') || unamed.has(name) || STRIPPED_OUTBOUND.has(name)) continue;
+        if (isHopByHop(name, unamed) || STRIPPED_OUTBOUND.has(name)) continue;
         let value = uraw[i + 1]!;
         if (containsAny(value, secrets)) {
           value = redactText(value, secrets);
@@ -524,7 +475,7 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
       token_fp: null,
       error: `${kind} refused`,
     });
-    rawResponse(socket, status, errorBody('invalid_request_error', `cred-proxy: ${kind} is not supported; send plain requests to /<route>/...`));
+    rawResponse(socket, status, JSON_TYPE, errorBody('invalid_request_error', `cred-proxy: ${kind} is not supported; send plain requests to /<route>/...`));
   };
   server.on('connect', refuseRaw('CONNECT'));
   server.on('upgrade', refuseRaw('Upgrade'));

@@ -2,6 +2,7 @@ import { promises as dnsPromises } from 'node:dns';
 import http from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
+import { connectionNamed, type HeaderMap, isHopByHop, rawResponse, requestTimeouts, TEXT_TYPE } from '../common/http.js';
 import type { AuditRecord } from './audit.js';
 import {
   type AddressBlock,
@@ -105,31 +106,13 @@ export interface EgressProxy extends http.Server {
   upstreamConnections(): { idle: number; busy: number };
 }
 
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'expect', // the proxy answers 100-continue itself
-]);
-
-type HeaderMap = Record<string, string | string[]>;
-
-/** End-to-end headers of `headers` (lowercase names): drops hop-by-hop, Proxy-*, and what Connection names. */
-export function endToEndHeaders(headers: http.IncomingHttpHeaders, drop: readonly string[] = []): HeaderMap {
-  const named = new Set(drop);
-  const connection = headers.connection;
-  for (const v of Array.isArray(connection) ? connection : connection ? [connection] : []) {
-    for (const token of v.split(',')) named.add(token.trim().toLowerCase());
-  }
+/** End-to-end headers of `msg` (lowercase names): drops hop-by-hop, Proxy-*, what Connection names, and `drop`. */
+export function endToEndHeaders(msg: http.IncomingMessage, drop: readonly string[] = []): HeaderMap {
+  const named = connectionNamed(msg.rawHeaders);
+  for (const name of drop) named.add(name);
   const out: HeaderMap = {};
-  for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || HOP_BY_HOP.has(name) || name.startsWith('proxy-') || named.has(name)) continue;
+  for (const [name, value] of Object.entries(msg.headers)) {
+    if (value === undefined || isHopByHop(name, named)) continue;
     out[name] = value;
   }
   return out;
@@ -140,8 +123,6 @@ async function defaultResolve(host: string): Promise<string[]> {
   return found.map((a) => a.address);
 }
 
-
-const TEXT = 'text/plain; charset=utf-8';
 
 /** With token hashes, a plain request's body is checked this many bytes at a time, the event loop free in between. */
 const SCAN_SLICE = 8 * 1024;
@@ -161,27 +142,6 @@ function credentialFound(d: Detection, where: string, method: string, target: st
       `egress: refused ${method} ${target}: a credential (${what}) was found in ${where} and was blocked; it was not sent.\n` +
       'Credentials reach their APIs only through the cred-proxy, which adds them itself.\n',
   };
-}
-
-/** A complete response written straight to a socket (CONNECT refusals, client errors). */
-function rawResponse(socket: Duplex, status: number, text: string, extra: Record<string, string> = {}): void {
-  if (!socket.writable) {
-    socket.destroy();
-    return;
-  }
-  const body = Buffer.from(text);
-  const head = [
-    `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Error'}`,
-    `Content-Type: ${TEXT}`,
-    `Content-Length: ${body.length}`,
-    'Connection: close',
-    ...Object.entries(extra).map(([k, v]) => `${k}: ${v}`),
-    '',
-    '',
-  ].join('\r\n');
-  socket.end(Buffer.concat([Buffer.from(head), body]));
-  // A client that keeps its side open does not keep the socket alive.
-  setTimeout(() => socket.destroy(), 2000).unref();
 }
 
 interface Vetted {
@@ -205,8 +165,6 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
   const bottle = opts.bottle ?? '<bottle>';
   const audit = opts.audit ?? (() => undefined);
   const log = opts.log ?? (() => undefined);
-  const headersTimeout = opts.headersTimeoutMs ?? 10_000;
-  const requestTimeout = Math.max(opts.requestTimeoutMs ?? 300_000, headersTimeout);
   const idleTimeout = opts.idleTimeoutMs ?? 600_000;
   const connectTimeout = opts.connectTimeoutMs ?? 10_000;
   let policy = createPolicy(opts.allowlist ?? []);
@@ -220,10 +178,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
 
   const server = http.createServer({
     maxHeaderSize: opts.maxHeaderSize ?? 16 * 1024,
-    headersTimeout,
-    requestTimeout,
-    // How often Node checks the two timeouts above; its default (30 s) would make them coarse.
-    connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(headersTimeout / 4))),
+    ...requestTimeouts(opts.headersTimeoutMs ?? 10_000, opts.requestTimeoutMs ?? 300_000),
   }) as EgressProxy;
 
   const allowHint = (target: Target) =>
@@ -280,7 +235,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       audit({ ...base, host: null, port: null, rule: null, bytes_up: 0, bytes_down: 0, duration_ms: now() - at, ...rec });
     const refuse = (status: number, text: string, target: Target | null, reason: string, rule?: string, extra: Partial<AuditRecord> = {}) => {
       finish({ decision: 'deny', reason, status, host: target?.host ?? null, port: target?.port ?? null, rule: rule ?? null, ...extra });
-      res.writeHead(status, { 'content-type': TEXT, 'content-length': Buffer.byteLength(text), connection: 'close' });
+      res.writeHead(status, { 'content-type': TEXT_TYPE, 'content-length': Buffer.byteLength(text), connection: 'close' });
       res.end(text);
     };
 
@@ -301,7 +256,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       if (url === '/healthz' && (method === 'GET' || method === 'HEAD') && opts.health) {
         const h = opts.health();
         const text = `${h.message}\n`;
-        res.writeHead(h.ok ? 200 : 503, { 'content-type': TEXT, 'content-length': Buffer.byteLength(text) });
+        res.writeHead(h.ok ? 200 : 503, { 'content-type': TEXT_TYPE, 'content-length': Buffer.byteLength(text) });
         res.end(method === 'HEAD' ? undefined : text);
         return;
       }
@@ -415,7 +370,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       if (!res.headersSent) {
         status = code;
         const text = `egress: ${method} ${where}: ${message}.\n`;
-        res.writeHead(code, { 'content-type': TEXT, 'content-length': Buffer.byteLength(text), connection: 'close' });
+        res.writeHead(code, { 'content-type': TEXT_TYPE, 'content-length': Buffer.byteLength(text), connection: 'close' });
         res.end(text);
       } else {
         res.destroy();
@@ -463,7 +418,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
       log(found.log);
       if (!res.headersSent) {
         status = 403;
-        res.writeHead(403, { 'content-type': TEXT, 'content-length': Buffer.byteLength(found.text), connection: 'close' });
+        res.writeHead(403, { 'content-type': TEXT_TYPE, 'content-length': Buffer.byteLength(found.text), connection: 'close' });
         res.end(found.text);
       } else {
         error ??= 'cut off: a credential was found in the request body';
@@ -519,7 +474,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     });
 
     // ---- the upstream exchange ---------------------------------------------------------
-    const headers = endToEndHeaders(req.headers, ['host']);
+    const headers = endToEndHeaders(req, ['host']);
     headers.host = hostHeader ?? authority;
     const path = (m[2] ?? '/').startsWith('?') ? `/${m[2]}` : (m[2] ?? '/');
     let sentContinue = false;
@@ -594,7 +549,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
         status = ures.statusCode ?? 502;
         const hint = ures.headers['keep-alive'];
         if (hint !== undefined) pool.noteKeepAlive(request.socket, String(hint));
-        res.writeHead(status, ures.statusMessage, endToEndHeaders(ures.headers));
+        res.writeHead(status, ures.statusMessage, endToEndHeaders(ures));
         ures.on('data', (chunk: Buffer) => {
           bytesDown += chunk.length;
         });
@@ -637,8 +592,8 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     const reason = found ? found.reason : 'Upgrade is not proxied as plain HTTP';
     if (found) log(found.log);
     auditUntargeted(socket, req.method ?? null, reason, found ? 403 : 400, found ? found.extra : {});
-    if (found) rawResponse(socket, 403, found.text);
-    else rawResponse(socket, 400, `egress: ${reason}; use CONNECT (wss://, https://).\n`);
+    if (found) rawResponse(socket, 403, TEXT_TYPE, found.text);
+    else rawResponse(socket, 400, TEXT_TYPE, `egress: ${reason}; use CONNECT (wss://, https://).\n`);
   });
 
   // ---- CONNECT tunnels ---------------------------------------------------------------
@@ -652,7 +607,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     const url = req.url ?? '';
     const refuse = (status: number, text: string, reason: string, target: Target | null, rule: string | null = null, extra: Partial<AuditRecord> = {}) => {
       audit({ ...base, host: target?.host ?? null, port: target?.port ?? null, decision: 'deny', rule, reason, bytes_up: 0, bytes_down: 0, duration_ms: now() - at, status, ...extra });
-      rawResponse(client, status, text);
+      rawResponse(client, status, TEXT_TYPE, text);
     };
     const parsed = parseAuthority(url);
     // The canary: the CONNECT request line and headers are read; the tunnel's payload is not (TLS).
@@ -694,7 +649,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
         error: message,
         ...extra,
       });
-      rawResponse(client, status, `egress: CONNECT ${where}: ${message}.\n`);
+      rawResponse(client, status, TEXT_TYPE, `egress: CONNECT ${where}: ${message}.\n`);
     };
 
     void (async () => {
@@ -786,7 +741,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
     const reason =
       status === 431 ? 'request headers too large' : status === 408 ? 'the client was too slow to send its request' : `malformed request (${err.code ?? 'parse error'}: ${err.message})`;
     auditUntargeted(socket, null, reason, status);
-    rawResponse(socket, status, `egress: ${reason}.\n`);
+    rawResponse(socket, status, TEXT_TYPE, `egress: ${reason}.\n`);
     // Closed as soon as the answer is out: the HTTP server still listens on this socket and
     // would report the client's later end as a second error.
     socket.once('finish', () => socket.destroy());
