@@ -77,3 +77,42 @@ export function routesLine(r: RoutesRecord): string {
   for (const k of ROUTES_ORDER) if (fields[k] !== undefined) out[k] = fields[k];
   return `${JSON.stringify(out)}\n`;
 }
+
+/** What one request's line will say, filled in as the request goes; written once, when its response closes. */
+export interface RequestOutcome {
+  /** The matching route's path prefix, once routed. */
+  route: string | null;
+  tokenFp: string | null;
+  status: number;
+  bytesUp: number;
+  /** Tokens redacted from the response head (header values, status message). */
+  redactedInHead: number;
+  /** The response body's redacting stream, once there is a body: what it redacted and passed on. */
+  body?: { readonly bytesOut: number; readonly redactor: { readonly count: number } };
+  alarm?: string;
+  error?: string;
+}
+
+/** Tokens redacted from a response, head and body. */
+export const redactedCount = (o: RequestOutcome): number => o.redactedInHead + (o.body?.redactor.count ?? 0);
+
+/** The line of one request; `redact` takes every secret out of the text fields (the path, the error). */
+export function requestRecord(at: number, durationMs: number, method: string, path: string, o: RequestOutcome, redact: (text: string) => string): AuditRecord {
+  const redacted = redactedCount(o);
+  return {
+    at,
+    type: 'request',
+    route: o.route,
+    method,
+    // Never a token, even one the agent somehow put in its path.
+    path: redact(path.length > 2048 ? `${path.slice(0, 2048)}...` : path),
+    status: o.status,
+    bytes_up: o.bytesUp,
+    bytes_down: o.body?.bytesOut ?? 0,
+    duration_ms: durationMs,
+    token_fp: o.tokenFp,
+    ...(redacted > 0 ? { redacted } : {}),
+    ...(o.alarm !== undefined ? { alarm: o.alarm } : {}),
+    ...(o.error !== undefined ? { error: redact(o.error) } : {}),
+  };
+}

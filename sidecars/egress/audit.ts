@@ -1,5 +1,6 @@
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
+import type { Target } from './policy.js';
 
 /**
  * One egress decision. Written as one JSON line: at once for a refusal, when the connection
@@ -115,5 +116,52 @@ export function openAuditLog(file: string | undefined, extra: { run?: string } =
       if (fd !== undefined) closeSync(fd);
       fd = undefined;
     },
+  };
+}
+
+/** Who sent a request and how: the fields every record of that request starts with. */
+export interface RequestFacts {
+  at: number;
+  client: string;
+  method: string | null;
+}
+
+/** The client's address:port as the audit shows it. */
+export function clientOf(socket: { remoteAddress?: string; remotePort?: number }): string {
+  if (socket.remoteAddress === undefined) return 'unknown';
+  // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; the audit shows them plainly.
+  return `${socket.remoteAddress.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '')}:${socket.remotePort}`;
+}
+
+/** A refusal: nothing went either way. `target` is null when none could be read (or it would quote a credential). */
+export function refusalRecord(
+  facts: RequestFacts,
+  durationMs: number,
+  status: number,
+  reason: string,
+  target: Target | null,
+  rule: string | null = null,
+  extra: Partial<AuditRecord> = {},
+): AuditRecord {
+  return { ...facts, host: target?.host ?? null, port: target?.port ?? null, decision: 'deny', rule, reason, bytes_up: 0, bytes_down: 0, duration_ms: durationMs, status, ...extra };
+}
+
+/** A tunnel the allowlist let through: established (200) and ended, or failed before it was. */
+export function tunnelRecord(
+  facts: RequestFacts,
+  durationMs: number,
+  target: Target,
+  decision: { rule: string; reason: string },
+  outcome: { status: number; bytes_up: number; bytes_down: number; address?: string; error?: string },
+): AuditRecord {
+  return {
+    ...facts,
+    host: target.host,
+    port: target.port,
+    decision: 'allow',
+    rule: decision.rule,
+    reason: decision.reason,
+    duration_ms: durationMs,
+    ...outcome,
   };
 }

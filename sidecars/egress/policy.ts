@@ -1,3 +1,5 @@
+import { BlockList } from 'node:net';
+
 /**
  * The egress sidecar's policy, as pure functions: which targets the allowlist lets through,
  * how a `host:port` the client names is read, and which addresses the proxy never dials.
@@ -271,47 +273,85 @@ export function parseIp(text: string): Bytes | undefined {
   return parseIPv4Bytes(text) ?? (text.includes(':') ? parseIPv6(text) : undefined);
 }
 
-const zeros = (b: Bytes, from: number, to: number) => b.slice(from, to).every((x) => x === 0);
+type Family = 'ipv4' | 'ipv6';
 
-/** The IPv4 address an IPv6 address stands for (mapped, compatible, translated, NAT64, 6to4), if any. */
-function embeddedIPv4(b: Bytes): Bytes | undefined {
-  if (zeros(b, 0, 10) && b[10] === 0xff && b[11] === 0xff) return b.slice(12); // ::ffff:a.b.c.d
-  if (zeros(b, 0, 8) && b[8] === 0xff && b[9] === 0xff && zeros(b, 10, 12)) return b.slice(12); // ::ffff:0:a.b.c.d
-  if (zeros(b, 0, 12) && !zeros(b, 12, 16) && !(zeros(b, 12, 15) && b[15] === 1)) return b.slice(12); // ::a.b.c.d
-  if (b[0] === 0x00 && b[1] === 0x64 && b[2] === 0xff && b[3] === 0x9b && zeros(b, 4, 12)) return b.slice(12); // 64:ff9b::/96
-  if (b[0] === 0x20 && b[1] === 0x02) return b.slice(2, 6); // 2002::/16 (6to4)
-  return undefined;
+/**
+ * An address as BlockList reads it: a dotted quad, or eight hex groups. Never the text the
+ * client or resolver gave: BlockList reads `fe80::1%eth0` as an address, and it must not be the
+ * one to decide what a spelling means (parseIp does, once).
+ */
+function ipText(b: Bytes): string {
+  if (b.length === 4) return b.join('.');
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((b[i]! << 8) | b[i + 1]!).toString(16));
+  return groups.join(':');
 }
 
-function classifyIPv4(b: Bytes): string | undefined {
-  const [a, c] = [b[0]!, b[1]!];
-  if (a === 0) return 'unspecified';
-  if (a === 127) return 'loopback';
-  if (a === 169 && c === 254) return b[2] === 169 && b[3] === 254 ? 'link-local (cloud metadata)' : 'link-local';
-  if (a >= 224 && a <= 239) return 'multicast';
-  if (b.every((x) => x === 255)) return 'broadcast';
-  if (a >= 240) return 'reserved';
-  if (a === 100 && c === 100 && b[2] === 100 && b[3] === 200) return 'cloud metadata';
-  return undefined;
-}
+const familyOf = (b: Bytes): Family => (b.length === 4 ? 'ipv4' : 'ipv6');
 
-function classifyIPv6(b: Bytes): string | undefined {
-  if (zeros(b, 0, 16)) return 'unspecified';
-  if (zeros(b, 0, 15) && b[15] === 1) return 'loopback';
-  if (b[0] === 0xfe && (b[1]! & 0xc0) === 0x80) return 'link-local';
-  if (b[0] === 0xff) return 'multicast';
-  // fd00:ec2::254, the AWS metadata service over IPv6.
-  if (b[0] === 0xfd && b[1] === 0 && b[2] === 0x0e && b[3] === 0xc2 && zeros(b, 4, 14) && b[14] === 0x02 && b[15] === 0x54) {
-    return 'cloud metadata';
+/**
+ * A BlockList holding `cidrs`, all of one family. Every list here holds one family only and is
+ * only asked about addresses of that family: BlockList (Node 18 and 20 alike) matches across
+ * families, an IPv4 rule matching `::ffff:a.b.c.d` and `::/0` matching every IPv4 address,
+ * whereas which IPv6 forms stand for an IPv4 address is decided here (embeddedIPv4), and an
+ * IPv6 deny block never covers an IPv4 address.
+ */
+function blockList(family: Family, ...cidrs: string[]): BlockList {
+  const list = new BlockList();
+  for (const cidr of cidrs) {
+    const [net, prefix] = cidr.split('/') as [string, string];
+    list.addSubnet(net, Number(prefix), family);
   }
-  return undefined;
+  return list;
+}
+
+/** Checked in order, the first match names the class (a /32 inside a wider range comes first). */
+const IPV4_CLASSES: readonly (readonly [string, BlockList])[] = [
+  ['unspecified', blockList('ipv4', '0.0.0.0/8')],
+  ['loopback', blockList('ipv4', '127.0.0.0/8')],
+  ['link-local (cloud metadata)', blockList('ipv4', '169.254.169.254/32')],
+  ['link-local', blockList('ipv4', '169.254.0.0/16')],
+  ['multicast', blockList('ipv4', '224.0.0.0/4')],
+  ['broadcast', blockList('ipv4', '255.255.255.255/32')],
+  ['reserved', blockList('ipv4', '240.0.0.0/4')],
+  ['cloud metadata', blockList('ipv4', '100.100.100.200/32')],
+];
+
+const IPV6_CLASSES: readonly (readonly [string, BlockList])[] = [
+  ['unspecified', blockList('ipv6', '::/128')],
+  ['loopback', blockList('ipv6', '::1/128')],
+  ['link-local', blockList('ipv6', 'fe80::/10')],
+  ['multicast', blockList('ipv6', 'ff00::/8')],
+  // The AWS metadata service over IPv6.
+  ['cloud metadata', blockList('ipv6', 'fd00:ec2::254/128')],
+];
+
+/**
+ * The IPv6 ranges that stand for an IPv4 address, and where in the 16 bytes it sits: mapped,
+ * IPv4-translated, compatible, NAT64, 6to4. `::` and `::1` fall in ::/96 too; they are refused
+ * as IPv6 addresses before their IPv4 form is looked at.
+ */
+const EMBEDDING: readonly (readonly [BlockList, number])[] = [
+  [blockList('ipv6', '::ffff:0:0/96'), 12],
+  [blockList('ipv6', '::ffff:0:0:0/96'), 12],
+  [blockList('ipv6', '::/96'), 12],
+  [blockList('ipv6', '64:ff9b::/96'), 12],
+  [blockList('ipv6', '2002::/16'), 2],
+];
+
+/** The IPv4 address an IPv6 address stands for, if any. */
+function embeddedIPv4(b: Bytes): Bytes | undefined {
+  const text = ipText(b);
+  const found = EMBEDDING.find(([list]) => list.check(text, 'ipv6'));
+  return found === undefined ? undefined : b.slice(found[1], found[1] + 4);
 }
 
 export interface AddressBlock {
   /** As written, for messages. */
   text: string;
-  bytes: Bytes;
-  prefix: number;
+  family: Family;
+  /** The block alone, as a BlockList of its family. */
+  list: BlockList;
 }
 
 /** Reads `addr` or `addr/prefix` (IPv4 or IPv6). */
@@ -328,7 +368,8 @@ export function parseAddressBlock(raw: string): ParseResult<AddressBlock> {
     if (!/^(0|[1-9][0-9]{0,2})$/.test(p) || Number(p) > max) return fail(`"${p}" is not a prefix length from 0 to ${max}`);
     prefix = Number(p);
   }
-  return { ok: true, value: { text, bytes, prefix } };
+  const family = familyOf(bytes);
+  return { ok: true, value: { text, family, list: blockList(family, `${ipText(bytes)}/${prefix}`) } };
 }
 
 /** Reads a comma-separated deny list (BOTTLE_EGRESS_DENY): addresses or CIDR blocks. */
@@ -342,16 +383,6 @@ export function parseDenyList(text: string): { blocks: AddressBlock[]; errors: E
     else errors.push({ entry: part.trim(), message: parsed.message });
   }
   return { blocks, errors };
-}
-
-function inBlock(b: Bytes, block: AddressBlock): boolean {
-  if (b.length !== block.bytes.length) return false;
-  let bits = block.prefix;
-  for (let i = 0; bits > 0; i++, bits -= 8) {
-    const mask = bits >= 8 ? 0xff : (0xff << (8 - bits)) & 0xff;
-    if ((b[i]! & mask) !== (block.bytes[i]! & mask)) return false;
-  }
-  return true;
 }
 
 /**
@@ -370,9 +401,11 @@ export function forbiddenAddress(ip: string, extraDeny: readonly AddressBlock[] 
     if (v4 !== undefined) forms.push(v4);
   }
   for (const b of forms) {
-    const cls = b.length === 4 ? classifyIPv4(b) : classifyIPv6(b);
-    if (cls !== undefined) return b === bytes ? cls : `${cls} (as ${b.join('.')})`;
-    const block = extraDeny.find((d) => inBlock(b, d));
+    const family = familyOf(b);
+    const text = ipText(b);
+    const cls = (family === 'ipv4' ? IPV4_CLASSES : IPV6_CLASSES).find(([, list]) => list.check(text, family));
+    if (cls !== undefined) return b === bytes ? cls[0] : `${cls[0]} (as ${text})`;
+    const block = extraDeny.find((d) => d.family === family && d.list.check(text, family));
     if (block !== undefined) return `on the deny list (${block.text})`;
   }
   return undefined;
