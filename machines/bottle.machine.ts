@@ -2,6 +2,7 @@ import { assign, fromPromise, setup, type DoneActorEvent, type ErrorActorEvent }
 import type { ErrorData } from '../config/errors.js';
 import type { Manifest } from '../config/manifest.js';
 import { containerNamesToProbe, buildPlan, type BottlePlan, type PlanInput } from './plan.js';
+import { machineVersion } from './machine-version.js';
 import type { LabelledObject } from './ports.js';
 
 /**
@@ -17,8 +18,6 @@ import type { LabelledObject } from './ports.js';
  * Any failure goes to teardown, which removes what `created` lists, in reverse, and
  * then ends in failed with the cause.
  */
-
-export const MACHINE_VERSION = 'bottle@1';
 
 export interface BottleInput {
   runId: string;
@@ -483,6 +482,20 @@ export const bottleMachine = setup({
 });
 
 export type BottleMachine = typeof bottleMachine;
+
+/**
+ * Bump when what a guard, an action or planning computes changes while the definition's
+ * structure does not (test/unit/machines/machine-version.test.ts fails on its pinned fold
+ * then): a log must only be folded by the behaviour that wrote it.
+ */
+const BEHAVIOUR_REVISION = 1;
+
+/**
+ * The machine version every run records and resume and replay insist on: a digest of the
+ * definition's structure and BEHAVIOUR_REVISION (see machine-version.ts), so a changed
+ * machine refuses the logs of the old one. test/unit/machines/machine-version.test.ts pins it.
+ */
+export const MACHINE_VERSION = machineVersion('bottle', bottleMachine, BEHAVIOUR_REVISION);
 
 /** The CONTRACT.md state name of a snapshot value. */
 export function stateName(value: unknown): string {
