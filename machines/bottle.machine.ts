@@ -12,8 +12,10 @@ import type { LabelledObject } from './ports.js';
  * machines/steps.ts. Replay folds the recorded events through this definition with
  * xstate's pure transition() and runs nothing.
  *
- *   resolving -> probingOrphans -> preparingSidecars -> live{running <-> capabilityReview}
- *     -> teardown -> done | failed
+ *   resolving -> (planning) -> probingOrphans -> preparingSidecars
+ *     -> live{running <-> capabilityReview} -> teardown -> done | failed
+ *
+ * planning is transient (only `always` transitions): no snapshot ever rests there.
  *
  * Any failure goes to teardown, which removes what `created` lists, in reverse, and
  * then ends in failed with the cause.
