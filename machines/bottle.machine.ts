@@ -1,7 +1,8 @@
-import { assign, fromPromise, setup } from 'xstate';
+import { assign, fromPromise, setup, type DoneActorEvent, type ErrorActorEvent } from 'xstate';
 import type { ErrorData } from '../config/errors.js';
 import type { Manifest } from '../config/manifest.js';
 import { containerNamesToProbe, buildPlan, type BottlePlan, type PlanInput } from './plan.js';
+import { machineVersion } from './machine-version.js';
 import type { LabelledObject } from './ports.js';
 
 /**
@@ -11,14 +12,14 @@ import type { LabelledObject } from './ports.js';
  * engine/steps.ts. Replay folds the recorded events through this definition with
  * xstate's pure transition() and runs nothing.
  *
- *   resolving -> probingOrphans -> preparingSidecars -> live{running <-> capabilityReview}
- *     -> teardown -> done | failed
+ *   resolving -> (planning) -> probingOrphans -> preparingSidecars
+ *     -> live{running <-> capabilityReview} -> teardown -> done | failed
+ *
+ * planning is transient (only `always` transitions): no snapshot ever rests there.
  *
  * Any failure goes to teardown, which removes what `created` lists, in reverse, and
  * then ends in failed with the cause.
  */
-
-export const MACHINE_VERSION = 'bottle@1';
 
 export interface BottleInput {
   runId: string;
@@ -100,6 +101,10 @@ export interface CreatedOutput {
   created: CreatedResource[];
   gateways?: string[];
 }
+export interface ProbeOutput {
+  orphans: LabelledObject[];
+  busy: LabelledObject[];
+}
 
 /** The allowlist in force: the manifest's plus every approved allowlist proposal's hosts. */
 export function currentAllowlist(plan: BottlePlan, proposals: Proposal[]): string[] {
@@ -109,8 +114,12 @@ export function currentAllowlist(plan: BottlePlan, proposals: Proposal[]): strin
   return [...new Set([...plan.allowlist, ...hosts.map((h) => h.toLowerCase())])];
 }
 
-const notImplemented = (id: string) =>
-  fromPromise<never, unknown>(async () => {
+/**
+ * The declaration of an effect: its input and output types, and an implementation that
+ * only fails. The engine provides the real one (machine.provide) from the steps.
+ */
+const notImplemented = <Output, Input>(id: string) =>
+  fromPromise<Output, Input>(async () => {
     throw { code: 'INTERNAL', message: `effect ${id} has no implementation (machine.provide was not called)` };
   });
 
@@ -121,6 +130,9 @@ function asStepError(error: unknown): StepError {
   }
   return { code: 'INTERNAL', message: String(error) };
 }
+
+/** The params of every failure action: a step's error (untyped, it crossed a process) as StepError. */
+const stepErrorOf = ({ event }: { event: ErrorActorEvent }) => asStepError(event.error);
 
 function planInputOf(input: BottleInput): PlanInput {
   return {
@@ -149,9 +161,9 @@ function tryPlan(input: BottleInput, world: ResolveOutput): { plan: BottlePlan }
 const pending = (ps: Proposal[]) => ps.filter((p) => p.status === 'pending' || p.status === 'applying');
 
 /**
- * A substate of preparingSidecars: invoke `step`; on success record what it created (unless
- * `records: false`) and go to `next`, or to teardown when a stop was asked for meanwhile; on
- * failure record it and tear down.
+ * A substate of preparingSidecars: invoke `step`; on success record what it created and go
+ * to `next`, or to teardown when a stop was asked for meanwhile; on failure record it and
+ * tear down. (ensureImages creates nothing the context lists and is spelled out below.)
  */
 interface PrepInputs {
   stageFiles: { plan: BottlePlan; runId: string };
@@ -160,24 +172,24 @@ interface PrepInputs {
   startSidecars: { plan: BottlePlan; runId: string; gateways: string[] };
   createAgent: { plan: BottlePlan; runId: string };
 }
+type CreatingStep = Exclude<keyof PrepInputs, 'ensureImages'>;
 
-function prepStep<Step extends keyof PrepInputs>(
-  step: Step,
-  next: string,
-  input: (args: { context: BottleContext }) => PrepInputs[Step],
-  opts: { records?: boolean } = {},
-) {
-  const recorded = opts.records === false ? {} : { actions: 'recordCreated' as const };
+// Outside createMachine the done event is not inferred from the invoked actor, so it is named
+// here; createMachine checks it against the actor's declared output.
+const createdOf = ({ event }: { event: DoneActorEvent<CreatedOutput> }) => event.output;
+
+function prepStep<Step extends CreatingStep>(step: Step, next: string, input: (args: { context: BottleContext }) => PrepInputs[Step]) {
+  const recordCreated = { type: 'recordCreated' as const, params: createdOf };
   return {
     invoke: {
       id: step,
       src: step,
       input,
       onDone: [
-        { guard: 'stopWasRequested' as const, target: '#bottle.teardown', ...recorded },
-        { target: next, ...recorded },
+        { guard: 'stopWasRequested' as const, target: '#bottle.teardown', actions: recordCreated },
+        { target: next, actions: recordCreated },
       ],
-      onError: { target: '#bottle.teardown', actions: 'recordFailure' as const },
+      onError: { target: '#bottle.teardown', actions: { type: 'recordFailure' as const, params: stepErrorOf } },
     },
   };
 }
@@ -190,35 +202,26 @@ export const bottleMachine = setup({
     output: {} as { exitCode: number | null; error: ErrorData | null },
   },
   actors: {
-    resolveWorld: notImplemented('resolveWorld') as unknown as ReturnType<
-      typeof fromPromise<ResolveOutput, { identity: string; probeNames: string[] }>
-    >,
-    probeOrphans: notImplemented('probeOrphans') as unknown as ReturnType<
-      typeof fromPromise<{ orphans: LabelledObject[]; busy: LabelledObject[] }, { identity: string; runId: string }>
-    >,
-    stageFiles: notImplemented('stageFiles') as unknown as ReturnType<typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string }>>,
-    ensureImages: notImplemented('ensureImages') as unknown as ReturnType<typeof fromPromise<{ built: string[] }, { plan: BottlePlan }>>,
-    createNetworks: notImplemented('createNetworks') as unknown as ReturnType<
-      typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string }>
-    >,
-    startSidecars: notImplemented('startSidecars') as unknown as ReturnType<
-      typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string; gateways: string[] }>
-    >,
-    createAgent: notImplemented('createAgent') as unknown as ReturnType<typeof fromPromise<CreatedOutput, { plan: BottlePlan; runId: string }>>,
-    agentExit: notImplemented('agentExit') as unknown as ReturnType<
-      typeof fromPromise<{ exitCode: number }, { plan: BottlePlan; runId: string }>
-    >,
-    applyProposal: notImplemented('applyProposal') as unknown as ReturnType<
-      typeof fromPromise<{ applied: true }, { plan: BottlePlan; runId: string; proposal: Proposal; allowlist: string[]; proposals: Proposal[] }>
-    >,
-    teardown: notImplemented('teardown') as unknown as ReturnType<
-      typeof fromPromise<{ removed: CreatedResource[] }, { identity: string; runId: string; resources: CreatedResource[] }>
-    >,
+    resolveWorld: notImplemented<ResolveOutput, { identity: string; probeNames: string[] }>('resolveWorld'),
+    probeOrphans: notImplemented<ProbeOutput, { identity: string; runId: string }>('probeOrphans'),
+    stageFiles: notImplemented<CreatedOutput, PrepInputs['stageFiles']>('stageFiles'),
+    ensureImages: notImplemented<{ built: string[] }, PrepInputs['ensureImages']>('ensureImages'),
+    createNetworks: notImplemented<CreatedOutput, PrepInputs['createNetworks']>('createNetworks'),
+    startSidecars: notImplemented<CreatedOutput, PrepInputs['startSidecars']>('startSidecars'),
+    createAgent: notImplemented<CreatedOutput, PrepInputs['createAgent']>('createAgent'),
+    agentExit: notImplemented<{ exitCode: number }, { plan: BottlePlan; runId: string }>('agentExit'),
+    applyProposal: notImplemented<
+      { applied: true },
+      { plan: BottlePlan; runId: string; proposal: Proposal; allowlist: string[]; proposals: Proposal[] }
+    >('applyProposal'),
+    teardown: notImplemented<{ removed: CreatedResource[] }, { identity: string; runId: string; resources: CreatedResource[] }>('teardown'),
   },
   guards: {
-    planFails: ({ context, event }) => 'error' in tryPlan(context.input, (event as unknown as { output: ResolveOutput }).output),
-    hasOrphans: ({ event }) => (event as unknown as { output: { orphans: LabelledObject[] } }).output.orphans.length > 0,
-    isBusy: ({ event }) => ((event as unknown as { output: { busy?: LabelledObject[] } }).output.busy ?? []).length > 0,
+    // assignPlan leaves either a plan or the error that planning raised.
+    planFailed: ({ context }) => context.plan === null,
+    hasOrphans: (_, probe: ProbeOutput) => probe.orphans.length > 0,
+    // `?? []`: the output is recorded data, and a step's output is only as typed as the step.
+    isBusy: (_, probe: ProbeOutput) => (probe.busy ?? []).length > 0,
     stopWasRequested: ({ context }) => context.stopRequested,
     isNewCommand: ({ context, event }) => 'commandId' in event && !context.commandsSeen.includes(event.commandId),
     approvable: ({ context, event }) =>
@@ -230,12 +233,12 @@ export const bottleMachine = setup({
     hasError: ({ context }) => context.error !== null,
   },
   actions: {
-    assignPlan: assign(({ context, event }) => {
-      const result = tryPlan(context.input, (event as unknown as { output: ResolveOutput }).output);
+    // The only place the plan is computed: once per run, from the resolved world.
+    assignPlan: assign(({ context }, world: ResolveOutput) => {
+      const result = tryPlan(context.input, world);
       return 'plan' in result ? { plan: result.plan } : { error: result.error };
     }),
-    assignOrphans: assign(({ context, event }) => {
-      const orphans = (event as unknown as { output: { orphans: LabelledObject[] } }).output.orphans;
+    assignOrphans: assign(({ context }, { orphans }: ProbeOutput) => {
       const list = orphans.map((o) => `${o.kind} ${o.name}`).join(', ');
       return {
         orphans,
@@ -246,8 +249,7 @@ export const bottleMachine = setup({
         },
       };
     }),
-    assignBusy: assign(({ context, event }) => {
-      const busy = (event as unknown as { output: { busy: LabelledObject[] } }).output.busy;
+    assignBusy: assign(({ context }, { busy }: ProbeOutput) => {
       const runs = [...new Set(busy.map((o) => o.labels['bot-bottle.run']))].join(', ');
       const homes = [...new Set(busy.map((o) => o.labels['bot-bottle.home']).filter(Boolean))].join(', ');
       return {
@@ -258,20 +260,18 @@ export const bottleMachine = setup({
         },
       };
     }),
-    recordCreated: assign(({ context, event }) => {
-      const output = (event as unknown as { output: CreatedOutput }).output;
+    recordCreated: assign(({ context }, output: CreatedOutput) => {
       return {
         created: [...context.created, ...output.created],
         gateways: output.gateways ? [...new Set([...context.gateways, ...output.gateways])] : context.gateways,
       };
     }),
-    recordFailure: assign(({ context, event }) => {
-      const err = asStepError((event as unknown as { error: unknown }).error);
+    recordFailure: assign(({ context }, err: StepError) => {
       const { created, ...data } = err;
       return { error: data, created: created ? [...context.created, ...created] : context.created };
     }),
-    recordExit: assign({ exitCode: ({ event }) => (event as unknown as { output: { exitCode: number } }).output.exitCode }),
-    recordRemoved: assign({ removed: ({ event }) => (event as unknown as { output: { removed: CreatedResource[] } }).output.removed }),
+    recordExit: assign({ exitCode: (_, exit: { exitCode: number }) => exit.exitCode }),
+    recordRemoved: assign({ removed: (_, teardown: { removed: CreatedResource[] }) => teardown.removed }),
     recordStop: assign(({ context, event }) => ({
       stopRequested: true,
       commandsSeen: 'commandId' in event ? [...context.commandsSeen, event.commandId] : context.commandsSeen,
@@ -311,8 +311,7 @@ export const bottleMachine = setup({
     recordApplied: assign(({ context }) => ({
       proposals: context.proposals.map((p) => (p.status === 'applying' ? { ...p, status: 'approved' as const } : p)),
     })),
-    recordApplyFailed: assign(({ context, event }) => {
-      const err = asStepError((event as unknown as { error: unknown }).error);
+    recordApplyFailed: assign(({ context }, err: StepError) => {
       return { proposals: context.proposals.map((p) => (p.status === 'applying' ? { ...p, status: 'failed' as const, error: { code: err.code, message: err.message } } : p)) };
     }),
   },
@@ -347,13 +346,19 @@ export const bottleMachine = setup({
           identity: context.input.identity,
           probeNames: containerNamesToProbe(context.input.identity, context.input.overrides),
         }),
-        onDone: [
-          { guard: 'planFails', target: 'teardown', actions: 'assignPlan' },
-          { guard: 'stopWasRequested', target: 'teardown', actions: 'assignPlan' },
-          { target: 'probingOrphans', actions: 'assignPlan' },
-        ],
-        onError: { target: 'teardown', actions: 'recordFailure' },
+        onDone: { target: 'planning', actions: { type: 'assignPlan', params: ({ event }) => event.output } },
+        onError: { target: 'teardown', actions: { type: 'recordFailure', params: stepErrorOf } },
       },
+    },
+    // Transient: decides on the plan assignPlan computed on the way in. Left in the same
+    // macrostep as resolving, so no snapshot (live, folded or persisted) is ever taken here,
+    // and a restored machine never has to re-evaluate these `always` transitions.
+    planning: {
+      always: [
+        { guard: 'planFailed', target: 'teardown' },
+        { guard: 'stopWasRequested', target: 'teardown' },
+        { target: 'probingOrphans' },
+      ],
     },
     probingOrphans: {
       invoke: {
@@ -361,12 +366,20 @@ export const bottleMachine = setup({
         src: 'probeOrphans',
         input: ({ context }) => ({ identity: context.input.identity, runId: context.input.runId }),
         onDone: [
-          { guard: 'isBusy', target: 'teardown', actions: 'assignBusy' },
-          { guard: 'hasOrphans', target: 'teardown', actions: 'assignOrphans' },
+          {
+            guard: { type: 'isBusy', params: ({ event }) => event.output },
+            target: 'teardown',
+            actions: { type: 'assignBusy', params: ({ event }) => event.output },
+          },
+          {
+            guard: { type: 'hasOrphans', params: ({ event }) => event.output },
+            target: 'teardown',
+            actions: { type: 'assignOrphans', params: ({ event }) => event.output },
+          },
           { guard: 'stopWasRequested', target: 'teardown' },
           { target: 'preparingSidecars' },
         ],
-        onError: { target: 'teardown', actions: 'recordFailure' },
+        onError: { target: 'teardown', actions: { type: 'recordFailure', params: stepErrorOf } },
       },
     },
     preparingSidecars: {
@@ -375,7 +388,15 @@ export const bottleMachine = setup({
       // was asked for meanwhile or the step failed. The invoke ids are the log's step names.
       states: {
         staging: prepStep('stageFiles', 'images', ({ context }) => ({ plan: context.plan!, runId: context.input.runId })),
-        images: prepStep('ensureImages', 'networks', ({ context }) => ({ plan: context.plan! }), { records: false }),
+        images: {
+          invoke: {
+            id: 'ensureImages',
+            src: 'ensureImages',
+            input: ({ context }) => ({ plan: context.plan! }),
+            onDone: [{ guard: 'stopWasRequested', target: '#bottle.teardown' }, { target: 'networks' }],
+            onError: { target: '#bottle.teardown', actions: { type: 'recordFailure', params: stepErrorOf } },
+          },
+        },
         networks: prepStep('createNetworks', 'sidecars', ({ context }) => ({ plan: context.plan!, runId: context.input.runId })),
         sidecars: prepStep('startSidecars', 'agent', ({ context }) => ({ plan: context.plan!, runId: context.input.runId, gateways: context.gateways })),
         agent: prepStep('createAgent', '#bottle.live', ({ context }) => ({ plan: context.plan!, runId: context.input.runId })),
@@ -386,8 +407,8 @@ export const bottleMachine = setup({
         id: 'agentExit',
         src: 'agentExit',
         input: ({ context }) => ({ plan: context.plan!, runId: context.input.runId }),
-        onDone: { target: 'teardown', actions: 'recordExit' },
-        onError: { target: 'teardown', actions: 'recordFailure' },
+        onDone: { target: 'teardown', actions: { type: 'recordExit', params: ({ event }) => event.output } },
+        onError: { target: 'teardown', actions: { type: 'recordFailure', params: stepErrorOf } },
       },
       on: {
         'command.stop': { guard: 'isNewCommand', target: 'teardown', actions: 'recordStop' },
@@ -428,7 +449,7 @@ export const bottleMachine = setup({
                   proposals: context.proposals,
                 }),
                 onDone: { target: 'waiting', actions: 'recordApplied' },
-                onError: { target: 'waiting', actions: 'recordApplyFailed' },
+                onError: { target: 'waiting', actions: { type: 'recordApplyFailed', params: stepErrorOf } },
               },
               on: {
                 'proposal.approve': { actions: 'recordIgnoredCommand' },
@@ -449,10 +470,10 @@ export const bottleMachine = setup({
           resources: [...context.created].reverse(),
         }),
         onDone: [
-          { guard: 'hasError', target: 'failed', actions: 'recordRemoved' },
-          { target: 'done', actions: 'recordRemoved' },
+          { guard: 'hasError', target: 'failed', actions: { type: 'recordRemoved', params: ({ event }) => event.output } },
+          { target: 'done', actions: { type: 'recordRemoved', params: ({ event }) => event.output } },
         ],
-        onError: { target: 'failed', actions: 'recordFailure' },
+        onError: { target: 'failed', actions: { type: 'recordFailure', params: stepErrorOf } },
       },
       on: { 'command.stop': { guard: 'isNewCommand', actions: 'recordStop' } },
     },
@@ -463,6 +484,20 @@ export const bottleMachine = setup({
 });
 
 export type BottleMachine = typeof bottleMachine;
+
+/**
+ * Bump when what a guard, an action or planning computes changes while the definition's
+ * structure does not (test/unit/machines/machine-version.test.ts fails on its pinned fold
+ * then): a log must only be folded by the behaviour that wrote it.
+ */
+const BEHAVIOUR_REVISION = 1;
+
+/**
+ * The machine version every run records and resume and replay insist on: a digest of the
+ * definition's structure and BEHAVIOUR_REVISION (see machine-version.ts), so a changed
+ * machine refuses the logs of the old one. test/unit/machines/machine-version.test.ts pins it.
+ */
+export const MACHINE_VERSION = machineVersion('bottle', bottleMachine, BEHAVIOUR_REVISION);
 
 /** The CONTRACT.md state name of a snapshot value. */
 export function stateName(value: unknown): string {
