@@ -1,6 +1,5 @@
 import { assign, fromPromise, setup, type DoneActorEvent, type ErrorActorEvent } from 'xstate';
 import type { ErrorData } from '../config/errors.js';
-import type { Manifest } from '../config/manifest.js';
 import { containerNamesToProbe, buildPlan, type BottlePlan, type PlanInput } from './plan.js';
 import { machineVersion } from './machine-version.js';
 import type { LabelledObject } from './ports.js';
@@ -21,19 +20,9 @@ import type { LabelledObject } from './ports.js';
  * then ends in failed with the cause.
  */
 
-export interface BottleInput {
-  runId: string;
+/** The machine's input: what planning needs (the manifest, the names' sources, the run id), and the identity. */
+export interface BottleInput extends PlanInput {
   identity: string;
-  manifest: Manifest;
-  manifestDir: string;
-  homeDir: string;
-  home: string;
-  agent: string;
-  cwd: string | null;
-  overrides: PlanInput['overrides'];
-  images: PlanInput['images'];
-  /** Started from a terminal: the agent container gets a TTY. */
-  tty?: boolean;
 }
 
 export type ResourceKind = 'stage' | 'network' | 'volume' | 'container';
@@ -134,19 +123,8 @@ function asStepError(error: unknown): StepError {
 /** The params of every failure action: a step's error (untyped, it crossed a process) as StepError. */
 const stepErrorOf = ({ event }: { event: ErrorActorEvent }) => asStepError(event.error);
 
-function planInputOf(input: BottleInput): PlanInput {
-  return {
-    manifest: input.manifest,
-    manifestDir: input.manifestDir,
-    homeDir: input.homeDir,
-    home: input.home,
-    agent: input.agent,
-    cwd: input.cwd,
-    overrides: input.overrides,
-    images: input.images,
-    runId: input.runId,
-    tty: input.tty ?? false,
-  };
+function planInputOf({ identity: _identity, ...input }: BottleInput): PlanInput {
+  return { ...input, tty: input.tty ?? false };
 }
 
 /** Planning inside the machine: pure, so it is recomputed identically on replay. */
