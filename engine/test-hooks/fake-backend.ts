@@ -5,8 +5,8 @@
  * when that variable asks for it; a user's run never touches it.
  */
 import { join } from 'node:path';
-import { FakeRuntime, type FakeFailure } from '../../effects/fake-runtime.js';
-import { FakeCapabilities, FakeImages } from '../../effects/fakes.js';
+import { FakeRuntime, type FakeFailure } from '../../effects/fakes/fake-runtime.js';
+import { FakeCapabilities, FakeImages } from '../../effects/fakes/fake-images.js';
 import type { Backend } from '../backend.js';
 import type { EngineContext } from '../context.js';
 

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { replayFile } from '../../engine/replay.js';
-import { FakeRuntime } from '../../effects/fake-runtime.js';
+import { FakeRuntime } from '../../effects/fakes/fake-runtime.js';
 import { STEP_IDS } from '../../machines/bottle.machine.js';
 import { EventLog } from '../../store/event-log.js';
 import { eventsFile } from '../../store/paths.js';

@@ -9,8 +9,8 @@ import type { EngineContext } from '../../engine/context.js';
 import type { Snapshot } from '../../engine/fold.js';
 import { bottleIdentity } from '../../machines/names.js';
 import { createSteps } from '../../engine/steps/index.js';
-import { FakeRuntime, type FakeFailure } from '../../effects/fake-runtime.js';
-import { FakeCapabilities, FakeImages } from '../../effects/fakes.js';
+import { FakeRuntime, type FakeFailure } from '../../effects/fakes/fake-runtime.js';
+import { FakeCapabilities, FakeImages } from '../../effects/fakes/fake-images.js';
 import type { BottleInput } from '../../machines/bottle.machine.js';
 
 /** A manifest with one bottle and one script agent, for engine tests on the fake backend. */

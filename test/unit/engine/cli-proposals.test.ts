@@ -2,7 +2,7 @@ import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { FakeRuntime } from '../../../effects/fake-runtime.js';
+import { FakeRuntime } from '../../../effects/fakes/fake-runtime.js';
 import { DOCKERFILE_TEMPLATE } from '../../../machines/specs.js';
 import { bottle, ensureBuilt, project } from '../../support/cli.js';
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { replayFile } from '../../../engine/replay.js';
-import { FakeRuntime, type FakeFailure } from '../../../effects/fake-runtime.js';
+import { FakeRuntime, type FakeFailure } from '../../../effects/fakes/fake-runtime.js';
 import { eventsFile } from '../../../store/paths.js';
 import { fakeContext, startFakeRun, testInput, testManifest, worldFile, type FakeRunOpts } from '../../support/engine.js';
 

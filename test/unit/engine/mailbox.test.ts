@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { RunHost } from '../../../engine/host.js';
 import { foldLog } from '../../../engine/fold.js';
 import { replayFile } from '../../../engine/replay.js';
-import { FakeRuntime } from '../../../effects/fake-runtime.js';
+import { FakeRuntime } from '../../../effects/fakes/fake-runtime.js';
 import { EventLog } from '../../../store/event-log.js';
 import { postCommand } from '../../../store/mailbox.js';
 import { commandsDir, eventsFile } from '../../../store/paths.js';

@@ -2,7 +2,7 @@ import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { validateManifest } from '../../../config/manifest.js';
-import { FakeRuntime } from '../../../effects/fake-runtime.js';
+import { FakeRuntime } from '../../../effects/fakes/fake-runtime.js';
 import { approvedTokenPath } from '../../../machines/proposals.js';
 import { CRED_ROUTES_PATH, EGRESS_HASHES_PATH, secretHash } from '../../../machines/specs.js';
 import { postCommand } from '../../../store/mailbox.js';

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { replayFile } from '../../../engine/replay.js';
-import { FakeRuntime } from '../../../effects/fake-runtime.js';
+import { FakeRuntime } from '../../../effects/fakes/fake-runtime.js';
 import { eventsFile } from '../../../store/paths.js';
 import { fakeContext, startFakeRun, testInput, testManifest } from '../../support/engine.js';
 

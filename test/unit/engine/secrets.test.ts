@@ -2,7 +2,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { validateManifest } from '../../../config/manifest.js';
-import { FakeRuntime } from '../../../effects/fake-runtime.js';
+import { FakeRuntime } from '../../../effects/fakes/fake-runtime.js';
 import { postCommand } from '../../../store/mailbox.js';
 import { commandsDir } from '../../../store/paths.js';
 import { fakeContext, startFakeRun, testInput, until, worldFile } from '../../support/engine.js';

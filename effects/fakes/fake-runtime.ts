@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { BottleError } from '../config/errors.js';
+import { BottleError } from '../../config/errors.js';
 import type {
   ContainerInfo,
   ContainerRuntime,
@@ -13,10 +13,10 @@ import type {
   Readiness,
   RuntimeInfo,
   VolumeSpec,
-} from '../machines/ports.js';
+} from '../../machines/ports.js';
 
 /**
- * An in-memory container runtime whose world lives in a JSON file, so it survives the
+ * TEST HOOK. An in-memory container runtime whose world lives in a JSON file, so it survives the
  * SIGKILL of the engine process in the fault tests and a resuming process sees the
  * same containers. It counts every create, which is how the tests prove that nothing
  * was created twice.

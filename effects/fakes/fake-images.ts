@@ -1,11 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { BottleError } from '../config/errors.js';
-import type { BottlePlan } from '../machines/plan.js';
-import type { BuildProgress, CapabilityApplier, ImageProvider } from '../machines/ports.js';
+import { BottleError } from '../../config/errors.js';
+import type { BottlePlan } from '../../machines/plan.js';
+import type { BuildProgress, CapabilityApplier, ImageProvider } from '../../machines/ports.js';
 
 /**
- * Fakes of the remaining ports for tests and the fake backend. Like FakeRuntime they
+ * TEST HOOK. Fakes of the remaining ports for tests and the fake backend. Like FakeRuntime they
  * keep what they did in a JSON file, so a test can count it across a killed process.
  */
 
