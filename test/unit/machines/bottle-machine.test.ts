@@ -3,6 +3,7 @@ import { initialTransition, transition } from 'xstate';
 import { validateManifest } from '../../../config/manifest.js';
 import { bottleMachine, stateName, type BottleContext, type BottleInput } from '../../../machines/bottle.machine.js';
 import { buildPlan, type BottlePlan } from '../../../machines/plan.js';
+import { doneEvent, machineInput } from '../../support/machine.js';
 
 /**
  * Scripted runs folded through the machine with xstate's pure transition(), the way
@@ -21,23 +22,12 @@ const parsed = validateManifest({
 if (!parsed.ok) throw new Error(JSON.stringify(parsed.issues));
 const manifest = parsed.manifest;
 
-const input: BottleInput = {
-  runId: 'run1',
-  identity: 'coder',
-  manifest,
-  manifestDir: '/proj',
-  homeDir: '/home/u',
-  home: '/home/u/.local/state/bot-bottle',
-  agent: 'coder',
-  cwd: null,
-  overrides: {},
-  images: { agent: 'bot-bottle/agent:abc', sidecar: 'bot-bottle/sidecar:def' },
-};
+const input: BottleInput = machineInput(manifest);
 
 const world = { existingContainers: [], runtimes: ['runc'], perBottleDockerfile: false };
 
 type Recorded = { type: string } & Record<string, unknown>;
-const done = (id: string, output: unknown): Recorded => ({ type: `xstate.done.actor.${id}`, output, actorId: id });
+const done = (id: string, output: unknown): Recorded => doneEvent(id, output);
 const failed = (id: string, error: unknown): Recorded => ({ type: `xstate.error.actor.${id}`, error, actorId: id });
 
 /** Folds `events` from the initial snapshot; returns the state name after each event and the last snapshot. */

@@ -3,6 +3,7 @@ import { createMachine, initialTransition, setup, transition } from 'xstate';
 import { validateManifest } from '../../../config/manifest.js';
 import { bottleMachine, MACHINE_VERSION, stateName, type BottleInput } from '../../../machines/bottle.machine.js';
 import { canonicalJson, machineVersion } from '../../../machines/machine-version.js';
+import { doneEvent, machineInput } from '../../support/machine.js';
 
 /**
  * MACHINE_VERSION is what a run records in run.started, and resume and replay refuse a
@@ -57,20 +58,9 @@ const parsed = validateManifest({
 });
 if (!parsed.ok) throw new Error(JSON.stringify(parsed.issues));
 
-const input: BottleInput = {
-  runId: 'run1',
-  identity: 'coder',
-  manifest: parsed.manifest,
-  manifestDir: '/proj',
-  homeDir: '/home/u',
-  home: '/home/u/.local/state/bot-bottle',
-  agent: 'coder',
-  cwd: null,
-  overrides: {},
-  images: { agent: 'bot-bottle/agent:abc', sidecar: 'bot-bottle/sidecar:def' },
-};
+const input: BottleInput = machineInput(parsed.manifest);
 
-const done = (id: string, output: unknown) => ({ type: `xstate.done.actor.${id}`, output, actorId: id });
+const done = (id: string, output: unknown) => doneEvent(id, output);
 const egress = { kind: 'container', name: 'bottle-coder-egress', role: 'egress' };
 const agent = { kind: 'container', name: 'bottle-coder', role: 'agent' };
 const net = { kind: 'network', name: 'bottle-coder-internal', role: 'network' };
