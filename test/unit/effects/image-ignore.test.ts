@@ -139,4 +139,10 @@ describe('.dockerignore (Docker semantics)', () => {
     expect(read).not.toContain('build/sub');
     expect(read.filter((p) => p.startsWith('node_modules'))).toEqual([]);
   });
+
+  it('leaves out build/keep.txt for `build` + `!*/keep.txt`, as docker build does (its walk does not enter build/)', async () => {
+    const root = await tree({ 'build/keep.txt': 'k', 'build/sub/keep.txt': 's', 'a.txt': 'a' });
+    expect(await contextPaths({ sources: [{ dir: root, dockerignore: 'build\n!*/keep.txt\n' }] })).toEqual(['a.txt']);
+    expect(readDirs(root)).not.toContain('build');
+  });
 });
