@@ -2,8 +2,8 @@
 // Builds dist/ with esbuild only:
 //  - dist/sidecars/<name>.mjs: each sidecars/<name>/main.ts bundled for Debian's Node 18
 //    (the sidecar image COPYs these; no npm registry is reachable inside containers);
-//  - dist/<layer>/**/*.js: every .ts under the CLI layers transpiled one to one (no
-//    bundling; relative imports already end in .js), so `node dist/cli/main.js` runs.
+//  - dist/cli/main.js: the CLI as one bundle (see buildCli), so `node dist/cli/main.js` runs.
+// `npm ci` runs it (the `prepare` script), and so does `npm pack`, so a packed tarball carries dist/.
 // Usage: node scripts/build.mjs [--sidecars-only]
 import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -23,17 +23,6 @@ async function exists(p) {
     if (err.code === 'ENOENT') return false;
     throw err;
   }
-}
-
-async function tsFiles(dir) {
-  if (!(await exists(dir))) return [];
-  const out = [];
-  for (const d of await readdir(dir, { withFileTypes: true })) {
-    const p = path.join(dir, d.name);
-    if (d.isDirectory()) out.push(...(await tsFiles(p)));
-    else if (d.isFile() && d.name.endsWith('.ts') && !d.name.endsWith('.d.ts')) out.push(p);
-  }
-  return out;
 }
 
 async function buildSidecars() {
@@ -65,6 +54,7 @@ async function buildSidecars() {
  * the require/__dirname they expect.
  */
 async function buildCli() {
+  // Removes what older builds left per layer (they transpiled file by file).
   await Promise.all(CLI_LAYERS.map((l) => rm(path.join(dist, l), { recursive: true, force: true })));
   const result = await esbuild.build({
     entryPoints: [path.join(root, 'cli', 'main.ts')],

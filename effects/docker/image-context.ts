@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { BottleError } from '../../config/errors.js';
 import type { ImageSpec } from '../../machines/ports.js';
-import { ignoreMatcher } from './image-ignore.js';
+import { dockerignoreMatcher, type IgnoreMatcher, ignoreMatcher, unionMatcher } from './image-ignore.js';
 import { type TarEntry, tarStream } from './tar.js';
 
 /**
@@ -19,9 +19,13 @@ import { type TarEntry, tarStream } from './tar.js';
  * must not pull host files into an image.
  */
 
-/** One piece of a context: a host directory, one host file, or literal content, placed at `at`. */
+/**
+ * One piece of a context: a host directory, one host file, or literal content, placed at `at`.
+ * A directory leaves out what `ignore` (gitignore lines, as `.bottleignore`) or `dockerignore`
+ * (the text of a `.dockerignore`, Docker's rules) excludes.
+ */
 export type ContextSource =
-  | { dir: string; at?: string; ignore?: readonly string[] }
+  | { dir: string; at?: string; ignore?: readonly string[]; dockerignore?: string }
   | { file: string; at: string; mode?: number }
   | { content: string | Buffer; at: string; mode?: number };
 
@@ -70,8 +74,13 @@ function unreadable(what: string, err: unknown): BottleError {
   return new BottleError('BUILD_FAILED', `cannot read ${what} for the image build context: ${reason}`, `check that ${what} exists and is readable`);
 }
 
-async function walkDir(root: string, prefix: string, ignore: readonly string[], out: ContextEntry[]): Promise<void> {
-  const matcher = ignoreMatcher(ignore);
+function sourceMatcher(source: { ignore?: readonly string[]; dockerignore?: string }): IgnoreMatcher {
+  const matchers = [ignoreMatcher(source.ignore ?? [])];
+  if (source.dockerignore !== undefined) matchers.push(dockerignoreMatcher(source.dockerignore));
+  return unionMatcher(matchers);
+}
+
+async function walkDir(root: string, prefix: string, matcher: IgnoreMatcher, out: ContextEntry[]): Promise<void> {
   const visit = async (hostDir: string, rel: string): Promise<void> => {
     let dirents: Dirent[];
     try {
@@ -83,8 +92,11 @@ async function walkDir(root: string, prefix: string, ignore: readonly string[], 
       const relPath = rel === '' ? d.name : `${rel}/${d.name}`;
       const hostPath = path.join(hostDir, d.name);
       if (d.isDirectory()) {
-        if (matcher.ignores(relPath, true)) continue;
-        out.push({ type: 'dir', path: join(prefix, relPath), mode: 0o755 });
+        // An excluded folder is entered only when a rule could bring back something below it
+        // (a .dockerignore `!build/keep.txt`); its own entry then comes from what is kept inside.
+        const ignored = matcher.ignores(relPath, true);
+        if (ignored && !matcher.mayReinclude(relPath)) continue;
+        if (!ignored) out.push({ type: 'dir', path: join(prefix, relPath), mode: 0o755 });
         await visit(hostPath, relPath);
       } else if (d.isFile()) {
         if (matcher.ignores(relPath, false)) continue;
@@ -131,7 +143,7 @@ export async function collectContext(context: BuildContext, dockerfile: string):
     const at = cleanAt(source.at);
     if ('dir' in source) {
       if (at !== '') raw.push({ type: 'dir', path: at, mode: 0o755 });
-      await walkDir(source.dir, at, source.ignore ?? [], raw);
+      await walkDir(source.dir, at, sourceMatcher(source), raw);
     } else if ('file' in source) {
       const st = await lstat(source.file).catch((err: unknown) => {
         throw unreadable(source.file, err);

@@ -1,133 +1,77 @@
+import path from 'node:path';
+import dockerignore from '@balena/dockerignore';
+import gitignore from 'ignore';
+
 /**
- * Ignore lists for build contexts, in gitignore syntax (the syntax of `.bottleignore`):
+ * Ignore rules for build contexts, in two syntaxes:
  *
- *   # comment            blank lines and lines starting with # are skipped
- *   secret.txt           a name matches a file or directory of that name at any depth
- *   *.log                globs: * and ? stay within one path segment, [abc] classes
- *   build/               a trailing slash matches directories only
- *   /dist                a leading slash (or any inner slash) anchors at the context root
- *   docs/**\/*.pdf        ** spans any number of directories
- *   !keep.log            re-includes what an earlier line excluded (the last match wins)
- *
- * An excluded directory is not descended into, so as in git a file inside it cannot be
- * re-included by a later `!` line.
+ * - `.bottleignore` (the --cwd copy) is gitignore syntax, matched by `ignore` (node-ignore):
+ *   a bare name matches at any depth, `dir/` matches directories only, a leading or inner
+ *   slash anchors at the root, `**` spans directories, `!` re-includes. As in git, nothing
+ *   below an excluded directory can be re-included, so the walk never enters one.
+ * - `.dockerignore` (an agent Dockerfile's folder) is Docker's syntax, matched by
+ *   `@balena/dockerignore` (a port of moby's matcher): every pattern is anchored at the
+ *   root, a pattern matching a folder matches everything below it, and a later `!` line can
+ *   re-include a file inside an excluded folder.
  */
-
-interface Rule {
-  regex: RegExp;
-  negate: boolean;
-  dirOnly: boolean;
-}
-
 export interface IgnoreMatcher {
   /** `path` is relative to the context root, with `/` separators and no leading `./`. */
   ignores(path: string, isDir: boolean): boolean;
+  /**
+   * For a directory that `ignores`: whether something below it could still be re-included,
+   * so the walk must enter it. False lets the walk skip the whole folder (node_modules).
+   */
+  mayReinclude(dir: string): boolean;
 }
 
-function globToRegex(glob: string): string {
-  let out = '';
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i]!;
-    if (c === '*') {
-      if (glob[i + 1] === '*') {
-        const atStart = i === 0 || glob[i - 1] === '/';
-        const next = glob[i + 2];
-        if (atStart && next === '/') {
-          out += '(?:.*/)?';
-          i += 2;
-          continue;
-        }
-        if (atStart && next === undefined) {
-          out += '.*';
-          i += 1;
-          continue;
-        }
-        out += '[^/]*';
-        i += 1;
-        continue;
-      }
-      out += '[^/]*';
-    } else if (c === '?') {
-      out += '[^/]';
-    } else if (c === '[') {
-      const close = glob.indexOf(']', i + 2);
-      if (close === -1) {
-        out += '\\[';
-        continue;
-      }
-      let body = glob.slice(i + 1, close);
-      if (body.startsWith('!')) body = `^${body.slice(1)}`;
-      out += `[${body.replace(/\\/g, '\\\\')}]`;
-      i = close;
-    } else if (c === '\\' && i + 1 < glob.length) {
-      i += 1;
-      out += glob[i]!.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
-    } else {
-      out += c.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
-    }
-  }
-  return out;
-}
-
-function parseLine(raw: string): Rule | null {
-  let line = raw.replace(/\r$/, '');
-  // Trailing spaces are insignificant unless escaped (gitignore).
-  line = line.replace(/(?<!\\)\s+$/, '');
-  if (line === '' || line.startsWith('#')) return null;
-  let negate = false;
-  if (line.startsWith('!')) {
-    negate = true;
-    line = line.slice(1);
-  } else if (line.startsWith('\\!') || line.startsWith('\\#')) {
-    line = line.slice(1);
-  }
-  let dirOnly = false;
-  if (line.endsWith('/')) {
-    dirOnly = true;
-    line = line.replace(/\/+$/, '');
-  }
-  if (line === '') return null;
-  const anchored = line.includes('/');
-  line = line.replace(/^\/+/, '');
-  const body = globToRegex(line);
-  // A name without a slash matches at any depth; an anchored pattern only from the root.
-  const regex = new RegExp(anchored ? `^${body}$` : `^(?:.*/)?${body}$`);
-  return { regex, negate, dirOnly };
-}
-
-/** Builds a matcher from gitignore-style lines (each element one line). */
+/** Builds a matcher from gitignore-style lines (each element one line or several). */
 export function ignoreMatcher(lines: readonly string[]): IgnoreMatcher {
-  const rules = lines.flatMap((l) => l.split('\n')).map(parseLine).filter((r): r is Rule => r !== null);
+  const ig = gitignore().add(lines.flatMap((l) => l.split('\n')));
   return {
-    ignores(path, isDir) {
-      let ignored = false;
-      for (const rule of rules) {
-        if (rule.dirOnly && !isDir) continue;
-        if (rule.regex.test(path)) ignored = !rule.negate;
-      }
-      return ignored;
-    },
+    ignores: (p, isDir) => ig.ignores(isDir ? `${p}/` : p),
+    mayReinclude: () => false,
   };
 }
 
 /**
- * Turns `.dockerignore` lines into the gitignore-style lines above. Docker anchors every
- * pattern at the context root and has no directory-only form, so each pattern gets a
- * leading slash and loses a trailing one.
+ * The `!` patterns of a .dockerignore as Docker cleans them (dockerignore.ReadAll, then
+ * patternmatcher.New): comment lines start with `#`, the rest is trimmed, the `!` dropped,
+ * the path cleaned and one leading slash removed.
  */
-export function dockerignoreLines(text: string): string[] {
+function exceptions(text: string): string[] {
   const out: string[] = [];
-  for (const raw of text.split('\n')) {
-    let line = raw.trim();
-    if (line === '' || line.startsWith('#')) continue;
-    let prefix = '';
-    if (line.startsWith('!')) {
-      prefix = '!';
-      line = line.slice(1).trim();
-    }
-    line = line.replace(/^(\.\/|\/)+/, '').replace(/\/+$/, '');
-    if (line === '' || line === '.') continue;
-    out.push(`${prefix}/${line}`);
+  for (const raw of text.split(/\r?\n/)) {
+    if (raw.startsWith('#')) continue;
+    const line = raw.trim();
+    if (!line.startsWith('!')) continue;
+    let p = line.slice(1).trim();
+    if (p === '') continue;
+    p = path.posix.normalize(p).replace(/(?<=.)\/$/, '');
+    if (p.length > 1 && p.startsWith('/')) p = p.slice(1);
+    out.push(p);
   }
   return out;
+}
+
+/** Builds a matcher from the text of a `.dockerignore`. */
+export function dockerignoreMatcher(text: string): IgnoreMatcher {
+  // Docker on Linux compares names case-sensitively; the library defaults to ignoring case.
+  // The package is CommonJS typed as `export default`; its factory is also its own `.default`.
+  const ig = dockerignore.default({ ignorecase: false }).add(text);
+  const except = exceptions(text);
+  return {
+    ignores: (p) => ig.ignores(p),
+    // Docker's context walk (moby pkg/archive TarWithOptions, and BuildKit's fsutil) enters an
+    // excluded folder only when an exception's text starts with that folder's path: `!build/keep.txt`
+    // opens `build`, `!*/keep.txt` does not. Taking the same rule keeps our context equal to Docker's.
+    mayReinclude: (dir) => except.some((p) => `${p}/`.startsWith(`${dir}/`)),
+  };
+}
+
+/** What any of `matchers` ignores; an ignored folder is entered only if every matcher that ignores it may re-include. */
+export function unionMatcher(matchers: readonly IgnoreMatcher[]): IgnoreMatcher {
+  return {
+    ignores: (p, isDir) => matchers.some((m) => m.ignores(p, isDir)),
+    mayReinclude: (dir) => matchers.every((m) => !m.ignores(dir, true) || m.mayReinclude(dir)),
+  };
 }

@@ -5,7 +5,7 @@ import type { BuildProgress, ImageBuilder, Labels } from '../../machines/ports.j
 import { BASE_BOOTSTRAP_TAG } from './image-base.js';
 import { claudeCodeMissingNote } from './image-claude-code.js';
 import { type BuildSpec, type ContextSource, contentTag } from './image-context.js';
-import { dockerignoreLines, ignoreMatcher } from './image-ignore.js';
+import { ignoreMatcher } from './image-ignore.js';
 import { WORKSPACE_GIT_IGNORES, workspaceGitConfig } from '../../machines/git-gate.js';
 
 /**
@@ -140,7 +140,7 @@ export async function imageBuildPlan(opts: ImageBuildPlanOptions): Promise<Image
       {
         dockerfile: await readText(opts.agentDockerfile, 'the agent Dockerfile'),
         buildArgs: { BASE: base },
-        context: { sources: [{ dir, ignore: dockerignore === null ? [] : dockerignoreLines(dockerignore) }] },
+        context: { sources: [dockerignore === null ? { dir } : { dir, dockerignore }] },
       },
       { labels, alias: opts.aliases?.agent },
     );

@@ -23,7 +23,7 @@ import { envList, readEnvFile } from './runtime-env.js';
 import { describeReadiness, probeCommand } from './runtime-ready.js';
 import { assertNoEngineSocket, createBody } from './runtime-spec.js';
 import { demuxBuffer, dockerTime, recordedUntil, withoutRecorded, isUnrecorded, logLines, openSinks } from './runtime-streams.js';
-import { tarFiles } from './runtime-tar.js';
+import { tarFiles } from './tar.js';
 
 export interface DockerodeRuntimeOptions {
   /** Pause between readiness probes. */
@@ -313,7 +313,7 @@ export class DockerodeRuntime implements ContainerRuntime {
 
   async putFiles(name: string, files: FileToPut[], signal?: AbortSignal): Promise<void> {
     const now = Math.floor(Date.now() / 1000);
-    const archive = tarFiles(
+    const archive = await tarFiles(
       files.map((f) => ({ path: f.containerPath, mode: f.mode, body: Buffer.from(f.content), uid: f.uid ?? 0, gid: f.gid ?? 0, mtime: now })),
     );
     await this.call({ op: 'copy files into container', object: name }, signal, () =>
@@ -355,7 +355,7 @@ export class DockerodeRuntime implements ContainerRuntime {
         );
       });
       const owned = file.uid !== undefined || file.gid !== undefined;
-      const archive = tarFiles([
+      const archive = await tarFiles([
         { path: file.containerPath, mode: file.mode, body, uid: file.uid ?? 0, gid: file.gid ?? 0, mtime: Math.floor(meta.mtimeMs / 1000) },
       ]);
       await this.call({ op: `copy ${file.containerPath} into container`, object: spec.name }, signal, () =>

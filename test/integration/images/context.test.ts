@@ -7,11 +7,10 @@ import { buffer } from 'node:stream/consumers';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CONTEXT_DOCKERFILE, collectContext, contentTag, contextTar } from '../../../effects/docker/image-context.js';
-import { dockerignoreLines, ignoreMatcher } from '../../../effects/docker/image-ignore.js';
 import { readProgressStream } from '../../../effects/docker/image-stream.js';
 import { splitTag } from '../../../effects/docker/images.js';
 
-// Pure parts of the image code (no Docker): ignore rules, content tags, the tar writer.
+// Pure parts of the image code (no Docker): content tags, the tar writer read by GNU tar.
 
 const run = promisify(execFile);
 const dirs: string[] = [];
@@ -33,41 +32,7 @@ afterEach(async () => {
   await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
 });
 
-describe('ignore rules (.bottleignore, gitignore syntax)', () => {
-  const m = ignoreMatcher(['# comment', '', 'secret.env', '*.log', '!keep.log', 'node_modules/', '/build', 'docs/**/*.pdf', 'a?c']);
-
-  it.each([
-    ['secret.env', false, true],
-    ['deep/er/secret.env', false, true],
-    ['x.log', false, true],
-    ['logs/x.log', false, true],
-    ['keep.log', false, false],
-    ['node_modules', true, true],
-    ['node_modules', false, false],
-    ['pkg/node_modules', true, true],
-    ['build', true, true],
-    ['src/build', true, false],
-    ['docs/a/b/c.pdf', false, true],
-    ['docs/c.pdf', false, true],
-    ['other/c.pdf', false, false],
-    ['abc', false, true],
-    ['abbc', false, false],
-    ['src/main.ts', false, false],
-    ['.git', true, false],
-  ])('%s (dir: %s) ignored: %s', (p, isDir, expected) => {
-    expect(m.ignores(p, isDir)).toBe(expected);
-  });
-
-  it('reads .dockerignore patterns as anchored at the root', () => {
-    const lines = dockerignoreLines('# c\nnode_modules\n./dist/\n!dist/keep\n*.md\n');
-    expect(lines).toEqual(['/node_modules', '/dist', '!/dist/keep', '/*.md']);
-    const d = ignoreMatcher(lines);
-    expect(d.ignores('node_modules', true)).toBe(true);
-    expect(d.ignores('sub/node_modules', true)).toBe(false);
-    expect(d.ignores('README.md', false)).toBe(true);
-    expect(d.ignores('docs/README.md', false)).toBe(false);
-  });
-});
+// Ignore rules (.bottleignore and .dockerignore) are pinned in test/unit/effects/image-ignore.test.ts.
 
 describe('content tags', () => {
   it('are stable, independent of where the context lives, and follow content, mode, args and Dockerfile', async () => {

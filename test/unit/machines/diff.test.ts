@@ -50,6 +50,26 @@ describe('unifiedDiff', () => {
     expect(patch(a, d)).toBe(b);
   });
 
+  it('names the two texts in the headers as given (the capability review prints these)', () => {
+    const d = unifiedDiff('FROM x\n', 'FROM y\n', { a: 'Dockerfile (current)', b: 'Dockerfile (proposal p1)' });
+    expect(d).toBe('--- Dockerfile (current)\n+++ Dockerfile (proposal p1)\n@@ -1,1 +1,1 @@\n-FROM x\n+FROM y\n');
+  });
+
+  it('numbers an empty side by the line before it, and ignores a missing final newline', () => {
+    expect(unifiedDiff('', 'a\nb\n')).toBe('--- current\n+++ proposed\n@@ -0,0 +1,2 @@\n+a\n+b\n');
+    expect(unifiedDiff('a\nb\n', '')).toBe('--- current\n+++ proposed\n@@ -1,2 +0,0 @@\n-a\n-b\n');
+    expect(unifiedDiff('a\nb', 'a\nb\n')).toBe('');
+    expect(unifiedDiff('a\nb', 'a\nc')).toBe('--- current\n+++ proposed\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n');
+  });
+
+  it('stays correct (whole text replaced) for two long texts with nothing in common', () => {
+    const a = `${Array.from({ length: 3000 }, (_, i) => `a${i}`).join('\n')}\n`;
+    const b = `${Array.from({ length: 3000 }, (_, i) => `b${i}`).join('\n')}\n`;
+    const d = unifiedDiff(a, b);
+    expect(d.split('\n')[2]).toBe('@@ -1,3000 +1,3000 @@');
+    expect(patch(a, d)).toBe(b);
+  });
+
   it('patching the first text with the diff gives the second (any texts)', () => {
     fc.assert(
       fc.property(text, text, (a, b) => {
