@@ -72,7 +72,7 @@ function readinessOf(role: string, port: number): Readiness {
 }
 
 /** Docker before 25 gives internal networks a default route: a one-shot fixer deletes it in the agent's namespace. */
-async function removeDefaultRoute(deps: StepDeps, plan: BottlePlan, runId: string, signal: AbortSignal) {
+export async function removeDefaultRoute(deps: StepDeps, plan: BottlePlan, runId: string, signal: AbortSignal) {
   const { runtime } = deps;
   const fixer = plan.netns.fixer;
   // A fixer left by a crash of an earlier attempt has either done its work or not: run it afresh.
