@@ -1,14 +1,11 @@
 import { BottleError } from '../../config/errors.js';
 import type { BottlePlan } from '../../machines/plan.js';
 import { swapMarker } from './apply.js';
-import { type PlanStepInput, type StepDeps, stagedPaths, waitWhile } from './deps.js';
+import { isUnreachable, type PlanStepInput, type StepDeps, stagedPaths, waitForDocker, waitWhile } from './deps.js';
 import { watchProposals } from './review.js';
 import { type CanaryHashes, watchRotations } from './rotation.js';
 import { removeDefaultRoute } from './sidecars.js';
 import { guardedContainers, type SidecarDeath, sidecarDied, watchSidecars } from './watchdog.js';
-
-/** How long the owner waits for a Docker daemon that stopped answering before it gives up. */
-export const DOCKER_RETURN_MS = 5 * 60_000;
 
 /**
  * Waits for the agent to exit. Meanwhile rotated secrets reach their sidecars, proposals
@@ -47,7 +44,7 @@ export async function agentExit(deps: StepDeps, canary: CanaryHashes, input: Pla
         failure = err;
       }
       if (death) throw sidecarDied(plan, death);
-      if (failure instanceof BottleError && failure.code === 'DOCKER_UNREACHABLE') {
+      if (isUnreachable(failure)) {
         await afterDaemonAbsence(deps, plan, runId, signal);
         continue;
       }
@@ -56,9 +53,21 @@ export async function agentExit(deps: StepDeps, canary: CanaryHashes, input: Pla
         await waitWhile(() => deps.files.exists(marker), signal);
         continue;
       }
-      const now = await runtime.inspectContainer(plan.container, signal);
-      if (before && now && now.id !== before.id && now.state === 'running') continue;
-      if (failure) throw failure;
+      let now: Awaited<ReturnType<typeof runtime.inspectContainer>>;
+      let dead: SidecarDeath | null;
+      try {
+        now = await runtime.inspectContainer(plan.container, signal);
+        if (before && now && now.id !== before.id && now.state === 'running') continue;
+        if (failure) throw failure;
+        // An agent that ended as one of its sidecars did (a daemon shutting down stops them
+        // all) did not end cleanly: that is said, not recorded as the agent's own exit.
+        dead = await firstDead(deps, plan, signal);
+      } catch (err) {
+        if (!isUnreachable(err)) throw err;
+        await afterDaemonAbsence(deps, plan, runId, signal);
+        continue;
+      }
+      if (dead) throw sidecarDied(plan, dead);
       return result!;
     }
   } finally {
@@ -78,17 +87,7 @@ export async function agentExit(deps: StepDeps, canary: CanaryHashes, input: Pla
 async function afterDaemonAbsence(deps: StepDeps, plan: BottlePlan, runId: string, signal: AbortSignal): Promise<void> {
   const { runtime } = deps;
   deps.progress('Docker stopped answering while the agent ran; waiting for it to come back');
-  const deadline = Date.now() + DOCKER_RETURN_MS;
-  for (;;) {
-    try {
-      await runtime.info(signal);
-      break;
-    } catch (err) {
-      if (signal.aborted) throw err;
-      if (!(err instanceof BottleError && err.code === 'DOCKER_UNREACHABLE') || Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 1000));
-    }
-  }
+  await waitForDocker(deps, signal);
   const missing: string[] = [];
   for (const c of [{ name: plan.container, role: 'agent' }, ...guardedContainers(plan)]) {
     const info = await runtime.inspectContainer(c.name, signal);
@@ -105,4 +104,14 @@ async function afterDaemonAbsence(deps: StepDeps, plan: BottlePlan, runId: strin
   }
   deps.progress('Docker is back and the bottle is whole; checking that the agent still has no default route');
   await removeDefaultRoute(deps, plan, runId, signal);
+}
+
+
+/** The first sidecar (or the holder) that is not running, or null. */
+async function firstDead(deps: StepDeps, plan: BottlePlan, signal: AbortSignal): Promise<SidecarDeath | null> {
+  for (const c of guardedContainers(plan)) {
+    const info = await deps.runtime.inspectContainer(c.name, signal);
+    if (info?.state !== 'running') return { ...c, state: info?.state ?? 'gone' };
+  }
+  return null;
 }

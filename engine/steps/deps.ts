@@ -1,4 +1,4 @@
-import { toErrorData } from '../../config/errors.js';
+import { BottleError, toErrorData } from '../../config/errors.js';
 import type { CreatedResource, StepError } from '../../machines/bottle.machine.js';
 import type { BottlePlan } from '../../machines/plan.js';
 import type {
@@ -75,5 +75,26 @@ export async function waitWhile(check: () => Promise<boolean>, signal: AbortSign
   while (await check()) {
     if (signal.aborted) throw signal.reason;
     await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** How long a step waits for a Docker daemon that stopped answering before it gives up. */
+export const DOCKER_RETURN_MS = 5 * 60_000;
+
+export function isUnreachable(err: unknown): boolean {
+  return err instanceof BottleError && err.code === 'DOCKER_UNREACHABLE';
+}
+
+/** Resolves once the daemon answers again; rethrows DOCKER_UNREACHABLE past the deadline. */
+export async function waitForDocker(deps: Pick<StepDeps, 'runtime'>, signal: AbortSignal, deadlineMs = DOCKER_RETURN_MS): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  for (;;) {
+    try {
+      await deps.runtime.info(signal);
+      return;
+    } catch (err) {
+      if (signal.aborted || !isUnreachable(err) || Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
   }
 }

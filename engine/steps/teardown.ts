@@ -1,6 +1,6 @@
 import type { CreatedResource } from '../../machines/bottle.machine.js';
 import { LABEL } from '../../machines/ports.js';
-import type { StepDeps } from './deps.js';
+import { isUnreachable, type StepDeps, waitForDocker } from './deps.js';
 
 const AUDITED_ROLES = new Set(['egress', 'cred-proxy', 'supervise', 'git-gate']);
 
@@ -11,16 +11,20 @@ const AUDITED_ROLES = new Set(['egress', 'cred-proxy', 'supervise', 'git-gate'])
  */
 export async function teardown(deps: StepDeps, input: { identity: string; runId: string; resources: CreatedResource[] }, signal: AbortSignal) {
   const removed: CreatedResource[] = [];
+  // Only a run that made Docker objects waits for a daemon that went away; one that never
+  // reached Docker fails its teardown at once, as before.
+  const patient = input.resources.some((r) => r.kind !== 'stage');
+  const whenDockerAnswers = <T>(fn: () => Promise<T>) => (patient ? retryWhenDockerAnswers(deps, signal, fn) : fn());
   for (const r of input.resources) {
-    await removeResource(deps, r, signal, input.identity);
+    await whenDockerAnswers(() => removeResource(deps, r, signal, input.identity));
     removed.push(r);
   }
-  const stray = await deps.runtime.listLabelled({ [LABEL.identity]: input.identity, [LABEL.run]: input.runId }, signal);
+  const stray = await whenDockerAnswers(() => deps.runtime.listLabelled({ [LABEL.identity]: input.identity, [LABEL.run]: input.runId }, signal));
   const rank = { container: 0, network: 1, volume: 2 } as const;
   for (const o of stray.sort((a, b) => rank[a.kind] - rank[b.kind])) {
     const role = o.labels[LABEL.role];
     const r: CreatedResource = { kind: o.kind, name: o.name, ...(role ? { role } : {}) };
-    await removeResource(deps, r, signal, input.identity);
+    await whenDockerAnswers(() => removeResource(deps, r, signal, input.identity));
     removed.push(r);
   }
   return { removed };
@@ -48,4 +52,20 @@ async function removeResource(deps: StepDeps, r: CreatedResource, signal: AbortS
 async function collectAudit(deps: StepDeps, identity: string, container: string, source: string, signal: AbortSignal) {
   const lines = (await deps.runtime.readStdout(container, signal)).split('\n').filter((l) => l.trim().startsWith('{'));
   if (lines.length > 0) await deps.audit.append(identity, source, lines);
+}
+
+/**
+ * A teardown that meets a daemon restarting (the reason the bottle is being torn down, often)
+ * waits for it and carries on, rather than leaving the bottle's objects behind.
+ */
+async function retryWhenDockerAnswers<T>(deps: StepDeps, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isUnreachable(err)) throw err;
+      deps.progress('Docker is not answering; teardown waits for it to come back');
+      await waitForDocker(deps, signal);
+    }
+  }
 }
