@@ -1,3 +1,4 @@
+import { BottleError } from '../../config/errors.js';
 import type { CreatedResource } from '../../machines/bottle.machine.js';
 import { LABEL } from '../../machines/ports.js';
 import { isUnreachable, type StepDeps, waitForDocker } from './deps.js';
@@ -56,16 +57,25 @@ async function collectAudit(deps: StepDeps, identity: string, container: string,
 
 /**
  * A teardown that meets a daemon restarting (the reason the bottle is being torn down, often)
- * waits for it and carries on, rather than leaving the bottle's objects behind.
+ * waits for it and carries on, rather than leaving the bottle's objects behind. A daemon on its
+ * way down still answers for a moment, with errors of its closing store: those are tried again
+ * a few times, after which the daemon is either gone (waited for) or the error is real.
  */
 async function retryWhenDockerAnswers<T>(deps: StepDeps, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
-  for (;;) {
+  for (let attempt = 1; ; attempt++) {
     try {
       return await fn();
     } catch (err) {
-      if (!isUnreachable(err)) throw err;
-      deps.progress('Docker is not answering; teardown waits for it to come back');
-      await waitForDocker(deps, signal);
+      if (signal.aborted) throw err;
+      if (isUnreachable(err)) {
+        deps.progress('Docker is not answering; teardown waits for it to come back');
+        await waitForDocker(deps, signal);
+        continue;
+      }
+      if (!(err instanceof BottleError && err.code === 'DOCKER_ERROR') || attempt >= TRIES) throw err;
+      await new Promise((r) => setTimeout(r, 1000 * attempt));
     }
   }
 }
+
+const TRIES = 5;

@@ -71,7 +71,7 @@ describe('the Docker daemon restarted under a running bottle', () => {
       await delay(100);
     }
     expect(status.state).toBe('failed');
-    expect(['DOCKER_RESTARTED', 'SIDECAR_DIED']).toContain(status.error?.code);
+    expect(['DOCKER_RESTARTED', 'SIDECAR_DIED'], JSON.stringify(status.error)).toContain(status.error?.code);
     const audit = JSON.parse((await cli(b, ['audit', identity, '--json'])).stdout) as { type: string; error?: { code: string } }[];
     expect(audit.some((e) => e.type === 'effect.failed' && (e.error?.code === 'DOCKER_RESTARTED' || e.error?.code === 'SIDECAR_DIED'))).toBe(true);
     // Gone, every part of it: no agent without its proxy, no agent with a route out.
