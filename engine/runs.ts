@@ -1,5 +1,7 @@
 import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { dirname } from 'node:path';
 import { join, resolve } from 'node:path';
 import { BottleError } from '../config/errors.js';
 import { zodReason } from '../store/checked-json.js';
@@ -12,9 +14,9 @@ import type { AgentIO } from '../machines/ports.js';
 import { approvedTokenPath } from '../machines/proposals.js';
 import { SIDECAR_UID, secretHash } from '../machines/specs.js';
 import { EventLog } from '../store/event-log.js';
-import { readLockOwner } from '../store/lock.js';
+import { acquireRunLock, readLockOwner } from '../store/lock.js';
 import { postCommand } from '../store/mailbox.js';
-import { commandsDir, eventsFile, lockFile, runDir } from '../store/paths.js';
+import { commandsDir, eventsFile, launchLockFile, lockFile, runDir } from '../store/paths.js';
 import { listRuns, readStateDoc } from '../store/state-doc.js';
 import { clock, HostSecretReader, StoreProposalBoard, stepDeps } from './adapters.js';
 import { openBackend } from './backend.js';
@@ -91,11 +93,7 @@ export async function newRunInput(ctx: EngineContext, loaded: LoadedManifest, ag
   checkAgent(loaded, agent);
   const cwd = resolveCwd(ctx, opts.cwd);
   const identity = bottleIdentity(agent, cwd);
-  for (const runId of listRuns(ctx.home, identity)) {
-    if (ownerAlive(ctx, identity, runId)) {
-      throw new BottleError('RUN_LOCKED', `bottle '${identity}' is already running (run ${runId})`, `bottle stop ${identity}   (or run it against another --cwd)`);
-    }
-  }
+  refuseIfLive(ctx, identity);
   const backend = await openBackend(ctx);
   return {
     runId: ids.runId(),
@@ -112,9 +110,41 @@ export async function newRunInput(ctx: EngineContext, loaded: LoadedManifest, ag
   };
 }
 
-/** Starts a run owned by this process. */
+function refuseIfLive(ctx: EngineContext, identity: string): void {
+  for (const runId of listRuns(ctx.home, identity)) {
+    if (ownerAlive(ctx, identity, runId)) {
+      throw new BottleError('RUN_LOCKED', `bottle '${identity}' is already running (run ${runId})`, `bottle stop ${identity}   (or run it against another --cwd)`);
+    }
+  }
+}
+
+/**
+ * Starts a run owned by this process. Two CLIs starting the same identity at once would both
+ * find no live run and both launch: the check and the start of the new run's owner happen
+ * under the identity's launch lock, held for the few milliseconds between them, so the second
+ * one finds the first's live owner and gets RUN_LOCKED.
+ */
 export async function startRun(ctx: EngineContext, input: BottleInput, hooks: RunHooks): Promise<RunHost> {
-  return RunHost.start(await hostDeps(ctx, hooks), input);
+  const deps = await hostDeps(ctx, hooks);
+  const file = launchLockFile(ctx.home, input.identity);
+  mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+  for (let tries = 0; ; tries++) {
+    let lock: ReturnType<typeof acquireRunLock>;
+    try {
+      lock = acquireRunLock(file, { pid: deps.pid ?? process.pid, host: hostname() });
+    } catch (err) {
+      // Another launch of this identity is between its check and its start: wait for it.
+      if (!(err instanceof BottleError && err.code === 'RUN_LOCKED') || tries >= 100) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+      continue;
+    }
+    try {
+      refuseIfLive(ctx, input.identity);
+      return RunHost.start(deps, input);
+    } finally {
+      lock.release();
+    }
+  }
 }
 
 /** Takes over a run whose owner died, in this process. */

@@ -38,6 +38,8 @@ function segment(kind: 'identity' | 'run id', value: string): string {
 
 export const bottlesDir = (home: string): string => join(home, 'bottles');
 export const bottleDir = (home: string, identity: string): string => join(bottlesDir(home), segment('identity', identity));
+/** Held only while a run of the identity is being started: one launch at a time. */
+export const launchLockFile = (home: string, identity: string): string => join(bottleDir(home, identity), 'launch.lock');
 export const stateFile = (home: string, identity: string): string => join(bottleDir(home, identity), 'state.json');
 export const perBottleDockerfile = (home: string, identity: string): string => join(bottleDir(home, identity), 'Dockerfile');
 export const transcriptDir = (home: string, identity: string): string => join(bottleDir(home, identity), 'transcript');
