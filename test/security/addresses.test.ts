@@ -174,7 +174,7 @@ describe('opted in: reached; the Docker host’s addresses stay refused inside t
   let r: Record<string, string> = {};
   let lines: Record<string, unknown>[] = [];
   let reached: string[] = [];
-  let sidecarAddresses: Record<string, string> = {};
+  const sidecarAddresses: Record<string, string> = {};
 
   beforeAll(async () => {
     b = addrBottle('open', {

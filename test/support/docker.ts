@@ -103,7 +103,7 @@ export async function execIn(container: string, cmd: string[], opts: { user?: st
  */
 export async function subnetOf(network: string): Promise<string> {
   const info = (await docker().getNetwork(network).inspect()) as { IPAM?: { Config?: { Subnet?: string }[] } };
-  const subnet = info.IPAM?.Config?.map((c) => c.Subnet).find((s) => s !== undefined && s.includes('.'));
+  const subnet = info.IPAM?.Config?.map((c) => c.Subnet).find((s) => s?.includes('.'));
   if (!subnet) throw new Error(`network ${network} has no IPv4 subnet`);
   return subnet;
 }
