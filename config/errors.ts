@@ -32,6 +32,7 @@ export const ERROR_CODES = [
   'MACHINE_VERSION',
   'PROPOSAL_NOT_FOUND',
   'PROPOSAL_DECIDED',
+  'ADDRESS_REFUSED',
   'INTERNAL',
 ] as const;
 

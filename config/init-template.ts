@@ -44,6 +44,8 @@ bottles:
     #       roles: [anthropic-base-url]    # sets ANTHROPIC_BASE_URL; one route per bottle at most
     #       # ca: { file: ./internal-ca.pem }   # an extra CA bundle trusted for this upstream
     supervise: false                       # true: the agent may propose changes for you to approve
+    # private_networks: ["10.20.0.0/16"]  # private blocks the sidecars may dial (internal services);
+    #                                      # default none; the Docker host's addresses never
     env:
       GREETING: { value: hello }           # a literal; must not contain a newline
       # GH_USER: { from_host: GH_USER }    # forwarded from your shell by name, never written down

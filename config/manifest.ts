@@ -7,6 +7,7 @@
  * the entry point everything else should use.
  */
 import { z } from 'zod';
+import { checkAddress, literalHost, privateBlocks, privateNetworkProblem, refusalText } from './address-policy.js';
 import {
   envNameProblem,
   envValueProblem,
@@ -125,6 +126,8 @@ const BottleProfileSchema = strict({
   git: z.array(GitRemoteSchema).default(() => []),
   cred_proxy: strict({ routes: z.array(RouteSchema).default(() => []) }).default(() => ({ routes: [] })),
   supervise: z.boolean().default(false),
+  // Non-global destinations (CIDR blocks) the sidecars may dial; default none (config/address-policy.ts).
+  private_networks: z.array(checkedString(privateNetworkProblem)).default(() => []),
   env: z.record(EnvName, EnvEntrySchema).default(() => ({})),
 });
 
@@ -291,11 +294,37 @@ function crossFieldIssues(doc: unknown): RawIssue[] {
     reservedNames(bottle.env, [...at, 'env'], add);
     routeIssues(isRecord(bottle.cred_proxy) ? bottle.cred_proxy.routes : undefined, [...at, 'cred_proxy', 'routes'], add);
     gitIssues(bottle.git, [...at, 'git'], add);
+    upstreamAddressIssues(name, bottle, add);
   }
   return issues;
 }
 
 type Add = (path: readonly PathSegment[], message: string) => void;
+
+/**
+ * An upstream written as a literal address is judged here, as its sidecar would judge it:
+ * private and not in private_networks, or never dialable at all (loopback, metadata, ...),
+ * fails validation instead of every request. A name is judged at plan and approval time
+ * (resolved on the host) and by the sidecar at every dial.
+ */
+function upstreamAddressIssues(name: string, bottle: Record<string, unknown>, add: Add): void {
+  const entries = Array.isArray(bottle.private_networks) && bottle.private_networks.every((e) => typeof e === 'string') ? (bottle.private_networks as string[]) : [];
+  const allow = privateBlocks(entries.filter((e) => privateNetworkProblem(e) === undefined));
+  const check = (upstream: unknown, path: readonly PathSegment[], who: string) => {
+    if (typeof upstream !== 'string') return;
+    const host = literalHost(upstream);
+    if (host === undefined) return;
+    const v = checkAddress(host, { allow });
+    if (!v.ok) add(path, refusalText(v, who, name));
+  };
+  const routes = isRecord(bottle.cred_proxy) ? items(bottle.cred_proxy.routes) : [];
+  routes.forEach((r, i) => {
+    if (isRecord(r)) check(r.upstream, ['bottles', name, 'cred_proxy', 'routes', i, 'upstream'], 'the cred-proxy');
+  });
+  items(bottle.git).forEach((r, i) => {
+    if (isRecord(r)) check(r.upstream, ['bottles', name, 'git', i, 'upstream'], 'the git gate');
+  });
+}
 
 /**
  * zod drops a `__proto__` key from records without a word (assigning it would replace the

@@ -7,6 +7,7 @@ import { type BottlePlan, buildPlan, containerNamesToProbe, type PlanOverrides, 
 import { perBottleDockerfile } from '../store/paths.js';
 import { openBackend } from './backend.js';
 import type { EngineContext } from './context.js';
+import { checkManifestUpstreams } from './upstream-addresses.js';
 
 /** The manifest a command means: -f FILE, else bottle.yaml found from the working folder. */
 export async function readManifest(ctx: EngineContext, file: string | undefined, checkSecrets = true): Promise<LoadedManifest> {
@@ -50,6 +51,7 @@ export interface PlanResult {
 /** `bottle plan`: the resolved plan against the world as it is now; creates nothing. */
 export async function planAgent(ctx: EngineContext, loaded: LoadedManifest, agent: string, cwdOption: string | undefined): Promise<PlanResult> {
   checkAgent(loaded, agent);
+  await checkManifestUpstreams(loaded, agent);
   const cwd = resolveCwd(ctx, cwdOption);
   const identity = bottleIdentity(agent, cwd);
   const overrides = overridesFrom(ctx.env);

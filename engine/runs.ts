@@ -11,7 +11,7 @@ import type { BottleInput } from '../machines/bottle.machine.js';
 import { type MailboxCommand, MailboxCommandSchema } from '../machines/commands.js';
 import { bottleIdentity } from '../machines/names.js';
 import type { AgentIO } from '../machines/ports.js';
-import { approvedTokenPath } from '../machines/proposals.js';
+import { approvedTokenPath, routeOf } from '../machines/proposals.js';
 import { SIDECAR_UID, secretHash } from '../machines/specs.js';
 import { EventLog } from '../store/event-log.js';
 import { acquireRunLock, readLockOwner } from '../store/lock.js';
@@ -24,6 +24,7 @@ import type { EngineContext } from './context.js';
 import { LogFold, type Snapshot, runStarted } from './fold.js';
 import { type HostDeps, RunHost, type RunResult } from './host.js';
 import { checkAgent, overridesFrom, resolveCwd } from './plan.js';
+import { checkManifestUpstreams, checkProposedUpstream } from './upstream-addresses.js';
 import { createSteps } from './steps/index.js';
 import { faultFromEnv } from './test-hooks/failpoints.js';
 
@@ -91,6 +92,7 @@ export async function hostDeps(ctx: EngineContext, hooks: RunHooks): Promise<Hos
 /** The machine's input for a new run of `agent`; refuses when the bottle already has a live owner. */
 export async function newRunInput(ctx: EngineContext, loaded: LoadedManifest, agent: string, opts: { cwd?: string; tty: boolean }): Promise<BottleInput> {
   checkAgent(loaded, agent);
+  await checkManifestUpstreams(loaded, agent);
   const cwd = resolveCwd(ctx, opts.cwd);
   const identity = bottleIdentity(agent, cwd);
   refuseIfLive(ctx, identity);
@@ -382,6 +384,18 @@ export async function decideProposal(
     throw new BottleError('USAGE', `proposal '${proposalId}' adds a route: approve it with the secret it should use`, `bottle approve ${identity} ${proposalId} --token-env NAME   (or --token-file PATH)`);
   }
   if (snap.status !== 'active') throw new BottleError('RUN_FINISHED', `run ${runId} of bottle '${identity}' has ended`, `bottle status ${identity}`);
+  if (decision.approve && proposal.kind === 'route') {
+    // The cred-proxy would refuse every request to a private upstream the manifest did not opt
+    // in (or to the Docker host): the approval fails now, with the reason, and changes nothing.
+    const plan = snap.context.plan;
+    await checkProposedUpstream(routeOf(proposal).upstream, {
+      privateNetworks: plan?.privateNetworks ?? [],
+      deny: snap.context.gateways ?? [],
+      bottle: plan?.bottle ?? '<bottle>',
+      identity,
+      proposal: proposalId,
+    });
+  }
   const hash = decision.approve && proposal.kind === 'route' && decision.secretRef ? await handSecretToProxy(ctx, snap, proposalId, decision.secretRef) : undefined;
   const cmd: MailboxCommand = decision.approve
     ? { id: ids.commandId(), type: 'approve', proposal: proposalId, by, ...(decision.secretRef ? { secretRef: decision.secretRef } : {}), ...(hash ? { secretHash: hash } : {}) }

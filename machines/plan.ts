@@ -98,6 +98,11 @@ export interface BottlePlan {
   runtime: 'runsc' | 'runc';
   sidecars: SidecarPlan[];
   allowlist: string[];
+  /**
+   * The manifest's private_networks: non-global blocks the sidecars may dial (config/address-policy.ts).
+   * Absent when there are none, so a plan folded from a log written before the key existed is unchanged.
+   */
+  privateNetworks?: string[];
   env: {
     /** From `{value}` entries: written to the 0600 env-file. */
     literals: Record<string, string>;
@@ -273,6 +278,7 @@ export function buildPlan(input: PlanInput, world: WorldFacts): BottlePlan {
     runtime,
     sidecars,
     allowlist: [...new Set(bottle.egress.allow.map((h) => h.toLowerCase()))],
+    ...((bottle.private_networks ?? []).length > 0 ? { privateNetworks: [...new Set(bottle.private_networks)] } : {}),
     env: { literals, forwarded, agentSide },
     prompt: agent.prompt_file ? { file: resolveManifestPath(input.manifestDir, agent.prompt_file, input.homeDir) } : { text: agent.prompt ?? '' },
     command: agent.command ?? null,
@@ -348,6 +354,7 @@ export function planSummary(plan: BottlePlan) {
     derived_image: plan.images.derived,
     runtime: plan.runtime,
     allowlist: plan.allowlist,
+    private_networks: plan.privateNetworks ?? [],
     env: [...Object.keys(plan.env.literals), ...Object.keys(plan.env.forwarded), ...Object.keys(plan.env.agentSide)].sort(),
     routes: plan.routes.map((r) => r.path),
     git: plan.git.map((g) => g.name),

@@ -132,6 +132,11 @@ export interface ContainerRuntime {
   existingContainers(names: string[], signal?: AbortSignal): Promise<string[]>;
   /** Every container, network and volume carrying all of `labels` (an empty value: the label with any value). */
   listLabelled(labels: Labels, signal?: AbortSignal): Promise<LabelledObject[]>;
+  /**
+   * Every address of the Docker host that a sidecar must never dial: the IPAM gateway of every
+   * Docker network it lists (its bridges' host side) and the host's own interface addresses.
+   */
+  hostAddresses(signal?: AbortSignal): Promise<string[]>;
   /** `gateway`: the network's gateway address, which sidecars must never dial. */
   ensureNetwork(spec: NetworkSpec, signal?: AbortSignal): Promise<{ id: string; created: boolean; gateway?: string }>;
   ensureVolume(spec: VolumeSpec, signal?: AbortSignal): Promise<{ created: boolean }>;

@@ -80,6 +80,7 @@ export function sidecarSpec(
   runId: string,
   sidecar: SidecarPlan,
   configFiles: { hostPath: string; containerPath: string }[],
+  /** Never dialled: the bottle networks' gateways and the Docker host's own addresses. */
   gateways: string[] = [],
   secretHashes: string[] = [],
 ): ContainerSpec {
@@ -97,10 +98,13 @@ export function sidecarSpec(
       BOTTLE_IDENTITY: plan.identity,
       BOTTLE_BOTTLE: plan.bottle,
       BOTTLE_RUN: runId,
+      // The address policy of every sidecar that dials upstreams (sidecars/common/address-policy.ts):
+      // never the bottle networks' gateways or the Docker host's addresses; private ranges only
+      // inside the manifest's private_networks.
+      ...(sidecar.upstream ? { BOTTLE_ADDRESS_DENY: gateways.join(','), BOTTLE_PRIVATE_NETWORKS: (plan.privateNetworks ?? []).join(',') } : {}),
       ...(sidecar.role === 'egress'
         ? {
             BOTTLE_EGRESS_ALLOWLIST: EGRESS_ALLOWLIST_PATH,
-            BOTTLE_EGRESS_DENY: gateways.join(','),
             BOTTLE_EGRESS_SECRET_HASHES_FILE: EGRESS_HASHES_PATH,
             // The canary: the placeholder, and the route tokens only as `<length>:<sha256>`, so the
             // proxy can block a credential leaving in a request without ever holding one.

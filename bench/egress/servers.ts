@@ -32,7 +32,7 @@
 import http from 'node:http';
 import type net from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { forbiddenAddress } from '../../sidecars/egress/policy.js';
+import { checkAddress } from '../../config/address-policy.js';
 import { createEgressProxy, openAuditLog } from '../../sidecars/egress/proxy.js';
 
 const BODY = Buffer.from(`${'egress bench upstream '.repeat(3)}\n`); // 67 bytes
@@ -81,7 +81,10 @@ if (role === 'upstream') {
       throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: 'ENOTFOUND' });
     },
     // Loopback is let through for this bench only: the upstream listens there.
-    isForbidden: (ip) => (ip === '127.0.0.1' ? undefined : forbiddenAddress(ip)),
+    isForbidden: (ip) => {
+      const v = checkAddress(ip);
+      return ip === '127.0.0.1' || v.ok ? undefined : v;
+    },
     audit: log ? (r) => log.write(r) : () => undefined,
     log: (m) => process.stderr.write(`${m}\n`),
   });

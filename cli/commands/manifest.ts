@@ -37,6 +37,7 @@ export async function cmdPlan(ctx: EngineContext, agent: string, opts: ManifestO
       ['runtime', plan.runtime],
       ['sidecars', plan.sidecars.map((s) => `${s.role} (${s.name})`).join(', ')],
       ['allowlist', plan.allowlist.join(', ') || '(nothing: every host is refused)'],
+      ['private networks', (plan.privateNetworks ?? []).join(', ') || '(none: private addresses are refused)'],
       ['env', summary.env.join(', ')],
     ]),
   );

@@ -1,4 +1,5 @@
 import { readFile, stat } from 'node:fs/promises';
+import { networkInterfaces } from 'node:os';
 import type { Duplex, Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -88,6 +89,15 @@ export class DockerodeRuntime implements ContainerRuntime {
       ...networks.map((n) => ({ kind: 'network' as const, name: n.Name, id: n.Id, labels: n.Labels ?? {} })),
       ...(volumes.Volumes ?? []).map((v) => ({ kind: 'volume' as const, name: v.Name, id: v.Name, labels: v.Labels ?? {} })),
     ];
+  }
+
+  async hostAddresses(signal?: AbortSignal): Promise<string[]> {
+    const networks = await this.call({ op: 'list networks' }, signal, () => this.docker.listNetworks({ abortSignal: signal }));
+    const gateways = networks.flatMap((n) => (n.IPAM?.Config ?? []).flatMap((c) => (c.Gateway ? [c.Gateway] : [])));
+    // The engine runs on the Docker host (a local socket); with a remote DOCKER_HOST these are
+    // the CLI machine's addresses, refused too, and the daemon's are its networks' gateways.
+    const own = Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((a) => a.address.replace(/%.*$/, '')));
+    return [...new Set([...gateways, ...own])].sort();
   }
 
   async ensureNetwork(spec: NetworkSpec, signal?: AbortSignal): Promise<{ id: string; created: boolean; gateway?: string }> {

@@ -131,6 +131,11 @@ export class FakeRuntime implements ContainerRuntime {
     w.creates[key] = (w.creates[key] ?? 0) + 1;
   }
 
+  /** A fixed host: the default bridge's gateway and one LAN address (documentation range). */
+  async hostAddresses() {
+    return ['172.17.0.1', '192.0.2.10'];
+  }
+
   async ensureNetwork(spec: NetworkSpec) {
     return this.mutate('ensureNetwork', spec.name, (w) => {
       const existing = w.networks[spec.name];

@@ -4,6 +4,7 @@ import { parseEgressEntry } from '../../config/field-rules.js';
 import type { Proposal } from '../../machines/bottle.machine.js';
 import type { BottlePlan } from '../../machines/plan.js';
 import type { ContainerSpec } from '../../machines/ports.js';
+import { checkAddress, literalHost, privateBlocks, refusalText } from '../../config/address-policy.js';
 import { approvedRoutes, approvedTokenPath, routeOf } from '../../machines/proposals.js';
 import { AGENT_SESSION_DIR, agentSpec, allowlistFile, CRED_ROUTES_PATH, credCaPath, credTokenPath, SIDECAR_UID } from '../../machines/specs.js';
 import { forwardedEnv, type PlanStepInput, type StepDeps, stagedPaths } from './deps.js';
@@ -76,6 +77,13 @@ export async function applyRoute(deps: StepDeps, plan: BottlePlan, proposal: Pro
   const proxy = plan.sidecars.find((s) => s.role === 'cred-proxy');
   if (!proxy) {
     throw new BottleError('USAGE', `bottle '${plan.identity}' has no cred-proxy to add a route to`, 'deny it; routes need cred_proxy.routes in the manifest (at least one) for the proxy to run');
+  }
+  // The approving CLI judged the upstream (and resolved its name); an approval that reached the
+  // mailbox another way is judged here too, as far as that needs no lookup: a literal address.
+  const literal = literalHost(routeOf(proposal).upstream);
+  const verdict = literal === undefined ? ({ ok: true } as const) : checkAddress(literal, { allow: privateBlocks(plan.privateNetworks ?? []) });
+  if (!verdict.ok) {
+    throw new BottleError('ADDRESS_REFUSED', `proposal ${proposal.id}: its upstream ${refusalText(verdict, 'the cred-proxy', plan.bottle)}`, `deny it: bottle deny ${plan.identity} ${proposal.id}`);
   }
   const token = await deps.runtime.readArchive(proxy.name, approvedTokenPath(proposal.id), signal);
   if (!token) {

@@ -34,7 +34,7 @@ export async function ensureImages(deps: StepDeps, input: { plan: BottlePlan }, 
   return deps.images.ensureForPlan(input.plan, deps.progress, signal);
 }
 
-/** The internal network (no gateway) and the egress network; their gateways are what sidecars never dial. */
+/** The internal network (no gateway) and the egress network; their gateways and the Docker host's addresses are what sidecars never dial. */
 export async function createNetworks(deps: StepDeps, input: PlanStepInput, signal: AbortSignal) {
   const { plan, runId } = input;
   const created: CreatedResource[] = [];
@@ -48,6 +48,10 @@ export async function createNetworks(deps: StepDeps, input: PlanStepInput, signa
       created.push({ kind: 'network', name, role: internal ? 'internal' : 'egress' });
       if (net.gateway) gateways.push(net.gateway);
     }
+    // And every address of the Docker host (its bridges' gateways, its interfaces): the sidecars
+    // never dial those either, not even inside private_networks. Gathered once per launch and
+    // journaled with this step's output, so a resumed run gives its sidecars the same list.
+    gateways.push(...(await deps.runtime.hostAddresses(signal)).filter((a) => !gateways.includes(a)));
   } catch (err) {
     failWith(err, created);
   }

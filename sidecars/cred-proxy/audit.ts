@@ -30,6 +30,8 @@ export interface AuditRecord {
   alarm?: string;
   /** What went wrong (upstream unreachable, TLS failure, reset, ...). */
   error?: string;
+  /** For an upstream the address policy refused: the address's class (`private (RFC 1918)`, `loopback`, `docker host`, ...). */
+  address_class?: string;
   /** The run, when the sidecar was given one (BOTTLE_RUN). */
   run?: string;
 }
@@ -48,6 +50,7 @@ const ORDER = [
   'redacted',
   'alarm',
   'error',
+  'address_class',
   'run',
 ] as const;
 
@@ -91,6 +94,7 @@ export interface RequestOutcome {
   body?: { readonly bytesOut: number; readonly redactor: { readonly count: number } };
   alarm?: string;
   error?: string;
+  addressClass?: string;
 }
 
 /** Tokens redacted from a response, head and body. */
@@ -114,5 +118,6 @@ export function requestRecord(at: number, durationMs: number, method: string, pa
     ...(redacted > 0 ? { redacted } : {}),
     ...(o.alarm !== undefined ? { alarm: o.alarm } : {}),
     ...(o.error !== undefined ? { error: redact(o.error) } : {}),
+    ...(o.addressClass !== undefined ? { address_class: o.addressClass } : {}),
   };
 }

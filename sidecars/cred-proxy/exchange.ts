@@ -1,6 +1,6 @@
 import http from 'node:http';
 import https from 'node:https';
-import type net from 'node:net';
+import net from 'node:net';
 import { pipeline, type Transform } from 'node:stream';
 import zlib from 'node:zlib';
 import { addHeader, connectionNamed, type HeaderMap, isHopByHop } from '../common/http.js';
@@ -96,14 +96,19 @@ export interface Exchange {
   secrets: readonly string[];
   connectTimeoutMs: number;
   idleTimeoutMs: number;
+  /** Answers the upstream's name with its vetted addresses only (address-policy.pinnedLookup). */
+  lookup: net.LookupFunction;
 }
 
 /** Sends the agent's request upstream and streams the answer back, recording status, bytes and what went wrong in `outcome`. */
 export function forward(req: http.IncomingMessage, res: http.ServerResponse, x: Exchange, outcome: RequestOutcome, reply: Reply): void {
   const { route: r, method, secrets } = x;
   const client = r.upstream.protocol === 'https:' ? https : http;
+  const hostname = r.upstream.hostname.replace(/^\[(.*)\]$/, '$1');
   const upstream = client.request({
-    host: r.upstream.hostname,
+    host: hostname,
+    // A literal address is its own answer (net never looks it up); a name gets the vetted addresses.
+    ...(net.isIP(hostname) ? {} : { lookup: x.lookup }),
     port: r.upstream.port,
     method,
     path: x.target,

@@ -6,6 +6,7 @@ import { redactText } from './redact.js';
 import { RoutesReloader } from './reload.js';
 import { parseRoutes, type Route } from './routes.js';
 import { TokenStore } from './tokens.js';
+import { addressPolicyFromEnv } from '../common/address-policy.js';
 import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
 
 /**
@@ -23,6 +24,10 @@ import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
  *                            forwarded (a header carrying it is dropped, a request target
  *                            carrying it is refused)
  *   BOTTLE_RUN               the run id, stamped on every audit line when set
+ *   BOTTLE_BOTTLE            the bottle's name in the manifest, for the private_networks hint
+ *   BOTTLE_ADDRESS_DENY, BOTTLE_PRIVATE_NETWORKS  the address policy (sidecars/common/address-policy.ts):
+ *                            every upstream address is checked after the proxy's own lookup, and a
+ *                            refused one answers 403 naming its class and the key that would allow it
  *
  * Each token_file holds one secret (trailing newline trimmed). It is re-read when it changes
  * (fs.watch on its folder, plus a poll every 500 ms), so a rotated token is used by the next
@@ -57,6 +62,9 @@ if (placeholder !== undefined && (placeholder.length < 8 || !/^[\x21-\x7e]+$/.te
   die('BOTTLE_CRED_PLACEHOLDER must be at least 8 printable characters without spaces', 2);
 }
 const run = env.BOTTLE_RUN || undefined;
+const addresses = addressPolicyFromEnv(env);
+if (!addresses.ok) die(addresses.message, 2);
+const addressPolicy = (addresses as Extract<typeof addresses, { ok: true }>).policy;
 
 let routesText = '';
 try {
@@ -94,6 +102,8 @@ try {
     routes,
     tokens,
     ...(placeholder !== undefined ? { placeholder } : {}),
+    addressPolicy,
+    ...(env.BOTTLE_BOTTLE ? { bottle: env.BOTTLE_BOTTLE } : {}),
     audit: (record) => void process.stdout.write(auditLine(run === undefined ? record : { ...record, run })),
     log: (message) => void process.stderr.write(`${message}\n`),
   });

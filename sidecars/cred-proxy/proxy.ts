@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
+import { type AddressPolicy, createAddressPolicy, pinnedLookup, systemResolve, vetHost } from '../common/address-policy.js';
 import { JSON_TYPE, rawResponse, requestTimeouts, TEXT_TYPE } from '../common/http.js';
 import { type AuditRecord, type RequestOutcome, redactedCount, requestRecord } from './audit.js';
 import { errorBody, forward } from './exchange.js';
@@ -77,6 +78,12 @@ export interface CredProxyOptions {
   idleTimeoutMs?: number;
   /** How long a kept-alive connection to an upstream may sit unused before it is closed (ms); default 4000. */
   upstreamKeepAliveMs?: number;
+  /** Which upstream addresses may be dialled (sidecars/common/address-policy.ts); default the policy with no opt-in and no deny list. */
+  addressPolicy?: AddressPolicy;
+  /** Resolves an upstream's name to all its addresses, once per new connection; default dns.lookup(all). */
+  resolve?: (host: string) => Promise<string[]>;
+  /** The bottle's name in the manifest, for the "allow it with bottles.<bottle>.private_networks" hint. */
+  bottle?: string;
   /** Time allowed for the agent to send request headers (ms); default 30 000. */
   headersTimeoutMs?: number;
   /** Time allowed for the agent to send a whole request, body included (ms); default 600 000. */
@@ -108,6 +115,8 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
   const agentOptions = { systemCaFile: opts.systemCaFile, keepAliveMs: opts.upstreamKeepAliveMs };
   let table: RouteTable = buildTable(opts.routes, agentOptions);
   const retired = new RetiredAgents();
+  const addressPolicy = opts.addressPolicy ?? createAddressPolicy();
+  const resolve = opts.resolve ?? systemResolve;
 
   const server = http.createServer(requestTimeouts(opts.headersTimeoutMs ?? 30_000, opts.requestTimeoutMs ?? 600_000)) as CredProxy;
   server.on('connection', (s: net.Socket) => s.setNoDelay(true));
@@ -188,21 +197,41 @@ export function createCredProxy(opts: CredProxyOptions): CredProxy {
     outcome.tokenFp = state.fp;
     const injected = upstreamHeaders(req.rawHeaders, route, state.token, secrets, placeholder);
     if (injected.alarm !== undefined) outcome.alarm = injected.alarm;
-    forward(
-      req,
-      res,
-      {
-        route,
-        agent: current.agents.get(route)!,
-        method,
-        target: upstreamTarget(route, path, query),
-        headers: injected.headers,
-        secrets,
-        connectTimeoutMs: connectTimeout,
-        idleTimeoutMs: idleTimeout,
+    // The upstream's name is resolved here, once, and every address checked against the address
+    // policy; the connection goes to those addresses only (pinnedLookup: no second lookup), and
+    // TLS still checks the certificate against the name.
+    req.pause();
+    vetHost(route.upstream.hostname, addressPolicy, resolve, 'the cred-proxy', opts.bottle).then(
+      (vetted) => {
+        if (res.destroyed || res.writableEnded) return;
+        if (!vetted.ok) {
+          outcome.error = vetted.reason;
+          if (vetted.refusal) outcome.addressClass = vetted.refusal.addressClass;
+          reply(vetted.refusal ? 403 : 502, vetted.refusal ? 'permission_error' : 'api_error', `route ${route.path}: ${vetted.reason}`);
+          return;
+        }
+        forward(
+          req,
+          res,
+          {
+            route,
+            agent: current.agents.get(route)!,
+            method,
+            target: upstreamTarget(route, path, query),
+            headers: injected.headers,
+            secrets,
+            connectTimeoutMs: connectTimeout,
+            idleTimeoutMs: idleTimeout,
+            lookup: pinnedLookup(vetted.addresses),
+          },
+          outcome,
+          reply,
+        );
       },
-      outcome,
-      reply,
+      (err: Error) => {
+        outcome.error = `internal error: ${err.message}`;
+        if (!res.headersSent) reply(500, 'api_error', `route ${route.path}: internal error`);
+      },
     );
   });
 

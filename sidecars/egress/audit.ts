@@ -35,6 +35,8 @@ export interface AuditRecord {
   alarm?: 'canary' | 'token';
   /** For a `token` alarm: the first 8 hex digits of the token's sha256 (the cred-proxy audit's token_fp). */
   token_fp?: string;
+  /** For a refusal by the address policy: the address's class (`private (RFC 1918)`, `loopback`, `docker host`, ...). */
+  address_class?: string;
   /** The vetted address the proxy dialled. */
   address?: string;
   /** What went wrong after an allow (resolution or connection failure, timeout, reset). */
@@ -48,7 +50,7 @@ export interface AuditLog {
   close(): void;
 }
 
-const ORDER = ['at', 'client', 'method', 'host', 'port', 'decision', 'rule', 'reason', 'bytes_up', 'bytes_down', 'duration_ms', 'status', 'alarm', 'token_fp', 'address', 'error', 'run'] as const;
+const ORDER = ['at', 'client', 'method', 'host', 'port', 'decision', 'rule', 'reason', 'bytes_up', 'bytes_down', 'duration_ms', 'status', 'alarm', 'token_fp', 'address_class', 'address', 'error', 'run'] as const;
 
 /** The record as one JSON line, its fields always in the same order. */
 export function auditLine(r: AuditRecord): string {

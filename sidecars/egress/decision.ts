@@ -1,5 +1,5 @@
-import { promises as dnsPromises } from 'node:dns';
-import net from 'node:net';
+import type { AddressRefusal } from '../../config/address-policy.js';
+import { type AddressPolicy, systemResolve, vetHost } from '../common/address-policy.js';
 import type { AuditRecord } from './audit.js';
 import { type Decision, formatTarget, suggestedEntry, type Target } from './policy.js';
 import type { Detection } from './secrets.js';
@@ -22,44 +22,43 @@ export interface Refused {
   reason: string;
   /** A refusal by address policy (403) rather than a failure to resolve (502). */
   forbidden: boolean;
+  /** For an address refusal: the class (`private (RFC 1918)`, `loopback`, `docker host`, ...), audited as `address_class`. */
+  addressClass?: string;
 }
 
 export type Vet = (target: Target) => Promise<Vetted | Refused>;
 
 /** dns.lookup(all), which reads /etc/hosts as the container's resolver does. */
-export async function defaultResolve(host: string): Promise<string[]> {
-  const found = await dnsPromises.lookup(host, { all: true, verbatim: true });
-  return found.map((a) => a.address);
+export const defaultResolve = systemResolve;
+
+/** A test's stand-in for the address policy: a reason (or a whole refusal) when an address must not be dialled. */
+export type IsForbidden = (address: string) => string | AddressRefusal | undefined;
+
+/** The address policy, or a test's stand-in for it, as the one shape vetHost takes. */
+export function policyOf(isForbidden: IsForbidden): AddressPolicy {
+  return {
+    deny: [],
+    allow: [],
+    check: (address) => {
+      const why = isForbidden(address);
+      if (why === undefined || typeof why !== 'string') return why;
+      return { ok: false, address, addressClass: why, kind: 'always', what: `a ${why} address` };
+    },
+  };
 }
 
 /**
- * Resolves a target (an IP literal is its own answer) and refuses it when any of its addresses
- * is forbidden: a name with one bad address among good ones would reach the bad one whenever
- * the good ones fail. The caller connects only to the addresses returned, never resolving
- * again, so there is no window for DNS rebinding between this check and the connection.
+ * Resolves a target once (an IP literal is its own answer) and refuses it when any of its
+ * addresses is refused by the shared address policy (sidecars/common/address-policy.ts). The
+ * caller connects only to the addresses returned, never resolving again, so there is no
+ * window for DNS rebinding between this check and the connection.
  */
-export function createVet(resolve: (host: string) => Promise<string[]>, isForbidden: (address: string) => string | undefined): Vet {
+export function createVet(resolve: (host: string) => Promise<string[]>, policy: AddressPolicy, bottle?: string): Vet {
   return async (target) => {
-    let addresses: string[];
-    if (net.isIP(target.host)) {
-      addresses = [target.host];
-    } else {
-      try {
-        addresses = await resolve(target.host);
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-        return { ok: false, status: 502, reason: `could not resolve ${target.host} (${code})`, forbidden: false };
-      }
-      if (addresses.length === 0) return { ok: false, status: 502, reason: `${target.host} has no address`, forbidden: false };
-    }
-    for (const address of addresses) {
-      const why = isForbidden(address);
-      if (why !== undefined) {
-        const what = address === target.host ? address : `${target.host} resolves to ${address}`;
-        return { ok: false, status: 403, reason: `${what}, a ${why} address, which the egress proxy never connects to`, forbidden: true };
-      }
-    }
-    return { ok: true, addresses };
+    const v = await vetHost(target.host, policy, resolve, 'the egress proxy', bottle);
+    if (v.ok) return v;
+    if (v.refusal === undefined) return { ok: false, status: 502, reason: v.reason, forbidden: false };
+    return { ok: false, status: 403, reason: v.reason, forbidden: true, addressClass: v.refusal.addressClass };
   };
 }
 

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { openAuditLog } from './audit.js';
 import { watchAllowlistFile } from './allowlist-file.js';
-import { allowlistLines, parseDenyList } from './policy.js';
+import { allowlistLines } from './policy.js';
+import { addressPolicyFromEnv } from '../common/address-policy.js';
 import { createEgressProxy } from './proxy.js';
 import { parseCanary, parseSecretHashes } from './secrets.js';
 import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
@@ -15,7 +16,10 @@ import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
  *   BOTTLE_EGRESS_ALLOWLIST  the allowlist file, one entry a line (default /run/bottle/egress/allowlist);
  *                            re-read when it changes (replace it by renaming a new file into place)
  *   BOTTLE_EGRESS_AUDIT      file the audit lines are appended to (default: stdout)
- *   BOTTLE_EGRESS_DENY       comma-separated addresses or CIDR blocks never dialled (the bottle networks' gateways)
+ *   BOTTLE_ADDRESS_DENY      comma-separated addresses or CIDR blocks never dialled (the bottle networks'
+ *                            gateways, the Docker host's addresses); BOTTLE_EGRESS_DENY, the older name, too
+ *   BOTTLE_PRIVATE_NETWORKS  comma-separated blocks of the manifest's private_networks: the non-global
+ *                            addresses that may be dialled (see sidecars/common/address-policy.ts)
  *   BOTTLE_BOTTLE            the bottle's name in the manifest, for the "add it to bottles.<bottle>.egress.allow" hint
  *   BOTTLE_RUN               the run id, stamped on every audit line when set
  *   BOTTLE_EGRESS_CANARY     the placeholder token the agent holds (optional; 8+ printable ASCII characters)
@@ -40,10 +44,9 @@ const port = sidecarPort(env, '3128', die);
 const allowlistPath = env.BOTTLE_EGRESS_ALLOWLIST || '/run/bottle/egress/allowlist';
 const bottle = env.BOTTLE_BOTTLE || undefined;
 
-const denyList = parseDenyList(env.BOTTLE_EGRESS_DENY ?? '');
-if (denyList.errors.length > 0) {
-  die(`BOTTLE_EGRESS_DENY: ${denyList.errors.map((e) => `"${e.entry}": ${e.message}`).join('; ')}`, 2);
-}
+const addresses = addressPolicyFromEnv(env, ['BOTTLE_ADDRESS_DENY', 'BOTTLE_EGRESS_DENY']);
+if (!addresses.ok) die(addresses.message, 2);
+const addressPolicy = (addresses as Extract<typeof addresses, { ok: true }>).policy;
 
 const canary = parseCanary(env.BOTTLE_EGRESS_CANARY);
 if (!canary.ok) die(`BOTTLE_EGRESS_CANARY: ${canary.message}`, 2);
@@ -89,7 +92,8 @@ const reportErrors = (errors: readonly { entry: string; message: string }[]) => 
 
 const proxy = createEgressProxy({
   allowlist: allowlistLines(initialText!),
-  deny: denyList.blocks,
+  deny: addressPolicy.deny,
+  privateNetworks: addressPolicy.allow,
   secrets: withFile(hashesText),
   ...(bottle !== undefined ? { bottle } : {}),
   audit: (record) => audit.write(record),

@@ -338,7 +338,7 @@ class PlainExchange {
         // An address refusal is a denial, reported at once like any other.
         this.#done = true;
         this.res.removeListener('close', this.#end);
-        this.refuse(403, `egress: refused ${this.#method} ${this.#where}: ${vetted.reason}.\n`, target, vetted.reason, this.decision.rule);
+        this.refuse(403, `egress: refused ${this.#method} ${this.#where}: ${vetted.reason}.\n`, target, vetted.reason, this.decision.rule, vetted.addressClass ? { address_class: vetted.addressClass } : {});
         return;
       }
       this.#failWith(vetted.status, vetted.reason);

@@ -3,9 +3,11 @@ import type { Duplex } from 'node:stream';
 import { rawResponse, requestTimeouts, TEXT_TYPE } from '../common/http.js';
 import { type AuditRecord, clientOf, refusalRecord } from './audit.js';
 import type { ProxyContext } from './context.js';
-import { createVet, credentialFound, defaultResolve } from './decision.js';
+import type { AddressBlock } from '../../config/address-policy.js';
+import { createAddressPolicy } from '../common/address-policy.js';
+import { createVet, credentialFound, defaultResolve, type IsForbidden, policyOf } from './decision.js';
 import { handlePlainRequest, type Health } from './plain.js';
-import { type AddressBlock, createPolicy, forbiddenAddress, type Policy } from './policy.js';
+import { createPolicy, type Policy } from './policy.js';
 import { createSecretScanner, type SecretsConfig } from './secrets.js';
 import { handleConnect } from './tunnel.js';
 import { cachedResolver, UpstreamPool } from './upstream.js';
@@ -24,7 +26,8 @@ export { endToEndHeaders, type Health } from './plain.js';
  * - Everything else: CONNECT host:port tunnels.
  * - The decision is made on the target the proxy dials: the allowlist first (a refused name is
  *   never even resolved), then the proxy resolves the name itself, refuses it when any address
- *   is forbidden (loopback, link-local, ... see policy.forbiddenAddress) and connects to the
+ *   is refused by the shared address policy (loopback, link-local, the Docker host, private
+ *   ranges not opted in, ... see sidecars/common/address-policy.ts) and connects to the
  *   vetted address, never re-resolving (no DNS-rebinding window). A name's answer is kept 5 s
  *   (resolveCacheMs); its addresses are checked again for every request.
  * - Plain HTTP goes out on a keep-alive pool of upstream connections (upstream.ts UpstreamPool)
@@ -53,10 +56,12 @@ export interface EgressProxyOptions {
   allowlist?: readonly string[];
   /** Resolves a name to all its addresses; default dns.lookup(all) (which reads /etc/hosts). */
   resolve?: (host: string) => Promise<string[]>;
-  /** Why an address must not be dialled, or undefined; default policy.forbiddenAddress with `deny`. */
-  isForbidden?: (address: string) => string | undefined;
-  /** Extra forbidden addresses/blocks for the default isForbidden (the bottle networks' gateways). */
+  /** A test's stand-in for the address policy; default the shared policy (sidecars/common/address-policy.ts) with `deny` and `privateNetworks`. */
+  isForbidden?: IsForbidden;
+  /** Never dialled, even inside private_networks: the bottle networks' gateways and the Docker host's addresses. */
   deny?: readonly AddressBlock[];
+  /** The manifest's private_networks: the non-global blocks that may be dialled. */
+  privateNetworks?: readonly AddressBlock[];
   /** The bottle's name in the manifest, for the "add it to bottles.<bottle>.egress.allow" hint. */
   bottle?: string;
   /** Receives one record per decision; default none. */
@@ -101,8 +106,7 @@ export interface EgressProxy extends http.Server {
 export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
   const now = opts.now ?? Date.now;
   const resolver = cachedResolver(opts.resolve ?? defaultResolve, opts.resolveCacheMs ?? 5_000);
-  const deny = opts.deny ?? [];
-  const isForbidden = opts.isForbidden ?? ((ip: string) => forbiddenAddress(ip, deny));
+  const addressPolicy = opts.isForbidden ? policyOf(opts.isForbidden) : createAddressPolicy(opts.deny ?? [], opts.privateNetworks ?? []);
   const audit = opts.audit ?? (() => undefined);
   const log = opts.log ?? (() => undefined);
   const connectTimeout = opts.connectTimeoutMs ?? 10_000;
@@ -123,7 +127,7 @@ export function createEgressProxy(opts: EgressProxyOptions = {}): EgressProxy {
   const ctx: ProxyContext = {
     policy: () => policy,
     secrets: () => secrets,
-    vet: createVet(resolver.resolve, isForbidden),
+    vet: createVet(resolver.resolve, addressPolicy, opts.bottle),
     pool,
     bottle: opts.bottle ?? '<bottle>',
     audit,

@@ -76,7 +76,7 @@ async function openTunnel(
 
   const vetted = await ctx.vet(target);
   if (!vetted.ok) {
-    if (vetted.forbidden) refuse(403, `egress: refused CONNECT ${where}: ${vetted.reason}.\n`, vetted.reason, target, decision.rule);
+    if (vetted.forbidden) refuse(403, `egress: refused CONNECT ${where}: ${vetted.reason}.\n`, vetted.reason, target, decision.rule, vetted.addressClass ? { address_class: vetted.addressClass } : {});
     else fail(vetted.status, vetted.reason);
     return;
   }

@@ -15,11 +15,13 @@ export interface GateAuditRecord {
   new: string | null;
   decision: 'allow' | 'deny';
   reason: string;
+  /** For an upstream the address policy refused: the address's class (`private (RFC 1918)`, `docker host`, ...). */
+  address_class?: string;
   /** The run, when the sidecar was given one (BOTTLE_RUN). */
   run?: string;
 }
 
-const ORDER = ['at', 'type', 'remote', 'ref', 'old', 'new', 'decision', 'reason', 'run'] as const;
+const ORDER = ['at', 'type', 'remote', 'ref', 'old', 'new', 'decision', 'reason', 'address_class', 'run'] as const;
 
 export function gateAuditLine(r: GateAuditRecord): string {
   const out: Record<string, unknown> = {};

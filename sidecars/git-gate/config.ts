@@ -91,7 +91,22 @@ export function shQuote(s: string): string {
  * is never in an argv, a URL or an environment variable. `caBundle` is the system CAs plus the
  * remote's own (made by the gate at start).
  */
-export function upstreamEnv(remote: GateRemote, caBundle?: string): Record<string, string> {
+/** Where the gate may connect for an upstream: its host and port and the addresses vetted for them (address-policy.vetHost). */
+export interface PinnedUpstream {
+  host: string;
+  port: number;
+  addresses: readonly string[];
+}
+
+/** The upstream's host (IPv6 without brackets) and port, as git would dial them. */
+export function upstreamHostPort(upstream: string): { host: string; port: number } {
+  const url = new URL(upstream);
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  const port = url.port !== '' ? Number(url.port) : url.protocol === 'ssh:' ? 22 : url.protocol === 'https:' ? 443 : 80;
+  return { host, port };
+}
+
+export function upstreamEnv(remote: GateRemote, caBundle?: string, pinned?: PinnedUpstream): Record<string, string> {
   const config: [string, string][] = [
     // No prompt can ever be answered here.
     ['core.askPass', ''],
@@ -122,6 +137,12 @@ export function upstreamEnv(remote: GateRemote, caBundle?: string): Record<strin
       '-i',
       shQuote(remote.keyFile ?? '/dev/null'),
     ];
+    if (pinned !== undefined && pinned.addresses[0] !== pinned.host) {
+      // ssh connects to the vetted address (no lookup of its own) and checks the host key
+      // against the name's known_hosts entry (with the port, as ssh writes it for another port).
+      const alias = pinned.port === 22 ? pinned.host : `[${pinned.host}]:${pinned.port}`;
+      ssh.push('-o', `HostName=${shQuote(pinned.addresses[0]!)}`, '-o', `HostKeyAlias=${shQuote(alias)}`);
+    }
     env.GIT_SSH_COMMAND = ssh.join(' ');
     env.GIT_SSH_VARIANT = 'ssh';
   } else {
@@ -135,6 +156,13 @@ export function upstreamEnv(remote: GateRemote, caBundle?: string): Record<strin
     if (caBundle) config.push(['http.sslCAInfo', caBundle]);
     // A stalled upstream fails instead of holding the agent's fetch forever.
     config.push(['http.lowSpeedLimit', '1'], ['http.lowSpeedTime', '60']);
+    // A redirect is never followed: it would lead to a host nobody vetted.
+    config.push(['http.followRedirects', 'false']);
+    if (pinned !== undefined && pinned.addresses[0] !== pinned.host) {
+      // curl connects to the vetted addresses only (no lookup of its own); TLS still checks the name.
+      const addrs = pinned.addresses.map((a) => (a.includes(':') ? `[${a}]` : a)).join(',');
+      config.push(['http.curloptResolve', `${pinned.host}:${pinned.port}:${addrs}`]);
+    }
   }
   env.GIT_CONFIG_COUNT = String(config.length);
   config.forEach(([k, v], i) => {

@@ -3,7 +3,8 @@ import { appendFileSync, readFileSync } from 'node:fs';
 import { type GateAuditRecord, gateAuditLine } from './audit.js';
 import { type GateRemote, parseRemotes } from './config.js';
 import { gitMessage } from './git.js';
-import { envFor, UPSTREAM_TIMEOUT_MS } from './mirror.js';
+import { addressPolicyFromEnv } from '../common/address-policy.js';
+import { envFor, UpstreamRefused, UPSTREAM_TIMEOUT_MS } from './mirror.js';
 import { decidePush, parseHookInput, type RefUpdate, ZERO } from './policy.js';
 
 /**
@@ -18,7 +19,7 @@ import { decidePush, parseHookInput, type RefUpdate, ZERO } from './policy.js';
  * BOTTLE_GIT_GATE_STATE (state folder), BOTTLE_GIT_GATE_REMOTE (the remote's name),
  * BOTTLE_GIT_GATE_AUDIT_FILE (where its audit lines go; the gate prints them), BOTTLE_RUN.
  */
-export function runPreReceive(): number {
+export async function runPreReceive(): Promise<number> {
   const env = process.env;
   const say = (text: string) => process.stderr.write(`${text.replace(/\n*$/, '')}\n`);
   const name = env.BOTTLE_GIT_GATE_REMOTE ?? '';
@@ -68,10 +69,23 @@ export function runPreReceive(): number {
     return 1;
   }
 
+  // The upstream's addresses are checked again now (and git pinned to them), as for every fetch.
+  const addresses = addressPolicyFromEnv(env);
+  let upstreamEnv: Record<string, string | undefined>;
+  try {
+    if (!addresses.ok) throw new UpstreamRefused(addresses.message);
+    upstreamEnv = await envFor(state, remote, { policy: addresses.policy, ...(env.BOTTLE_BOTTLE ? { bottle: env.BOTTLE_BOTTLE } : {}) });
+  } catch (err) {
+    const message = (err as Error).message;
+    const addressClass = err instanceof UpstreamRefused ? err.addressClass : undefined;
+    for (const d of refused) audit({ ref: d.ref, old: d.old, new: d.new, decision: 'deny', reason: `not forwarded: ${message}`, ...(addressClass ? { address_class: addressClass } : {}) });
+    say(`git-gate: push to ${name} not forwarded: ${message}`);
+    return 1;
+  }
   const specs = refused.map((d) => `${d.new}:${d.ref}`);
   const push = spawnSync('git', ['push', '--porcelain', ...(specs.length > 1 ? ['--atomic'] : []), remote.upstream, ...specs], {
     encoding: 'utf8',
-    env: envFor(state, remote),
+    env: upstreamEnv,
     timeout: UPSTREAM_TIMEOUT_MS,
   });
   if (push.status !== 0) {

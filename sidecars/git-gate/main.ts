@@ -3,6 +3,7 @@ import { type GateRemote, parseRemotes, shQuote } from './config.js';
 import { runPreReceive } from './hook.js';
 import { initMirrors, RemoteLocks, refreshMirror } from './mirror.js';
 import { createGateServer } from './server.js';
+import { addressPolicyFromEnv } from '../common/address-policy.js';
 import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
 
 /**
@@ -21,6 +22,11 @@ import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
  *                           "token_file"?, "ca_file"?}]}; read once at start
  *   BOTTLE_GIT_GATE_STATE   folder of the mirrors (default $HOME/git-gate)
  *   BOTTLE_RUN              the run id, stamped on every audit line when set
+ *   BOTTLE_BOTTLE           the bottle's name in the manifest, for the private_networks hint
+ *   BOTTLE_ADDRESS_DENY, BOTTLE_PRIVATE_NETWORKS  the address policy (sidecars/common/address-policy.ts):
+ *                           an upstream's name is resolved by the gate, every address checked, and
+ *                           git pinned to them (curl's resolve list, ssh's HostName); redirects are
+ *                           not followed
  *
  * Start: the config is read and every mirror created (empty) with its hook before /healthz
  * answers 200; a config that cannot be read or used exits non-zero (1: unreadable, 2: invalid).
@@ -32,7 +38,15 @@ import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
  */
 
 if (process.argv[2] === 'pre-receive') {
-  process.exitCode = runPreReceive();
+  runPreReceive().then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`git-gate: the push hook failed: ${(err as Error).message}\n`);
+      process.exitCode = 1;
+    },
+  );
 } else {
   main();
 }
@@ -44,6 +58,9 @@ function main() {
   const configFile = env.BOTTLE_GIT_GATE_CONFIG || '/run/bottle/git-gate/remotes.json';
   const state = env.BOTTLE_GIT_GATE_STATE || `${env.HOME ?? '/tmp'}/git-gate`;
   const run = env.BOTTLE_RUN || undefined;
+  const addresses = addressPolicyFromEnv(env);
+  if (!addresses.ok) die(addresses.message, 2);
+  const dialling = { policy: (addresses as Extract<typeof addresses, { ok: true }>).policy, ...(env.BOTTLE_BOTTLE ? { bottle: env.BOTTLE_BOTTLE } : {}) };
 
   let text = '';
   try {
@@ -77,6 +94,7 @@ function main() {
     log,
     ready: () => ready,
     locks,
+    dialling,
   });
   server.on('error', (err) => die(`cannot listen on port ${port}: ${err.message}`));
 
@@ -92,7 +110,7 @@ function main() {
       });
       // A first look at each upstream, so the first fetch is quick; failures only say so.
       for (const r of remotes) {
-        locks.run(r.name, () => refreshMirror(state, r)).then(
+        locks.run(r.name, () => refreshMirror(state, r, dialling)).then(
           () => log(`remote ${r.name}: mirror refreshed from the upstream`),
           (err: unknown) => log(`remote ${r.name}: upstream not reachable yet (${(err as Error).message}); it is tried again before every fetch and push`),
         );

@@ -1,6 +1,7 @@
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type GateRemote, upstreamEnv, upstreamProblem } from './config.js';
+import { type AddressPolicy, systemResolve, vetHost } from '../common/address-policy.js';
+import { type GateRemote, upstreamEnv, upstreamHostPort, upstreamProblem } from './config.js';
 import { gitMessage, run } from './git.js';
 
 /**
@@ -24,9 +25,34 @@ export const mirrorPath = (state: string, name: string) => join(mirrorsDir(state
 /** System CAs plus the remote's `ca`, made at start; undefined when the remote has none. */
 export const caBundlePath = (state: string, remote: GateRemote) => (remote.caFile ? join(state, 'ca', `${remote.name}.pem`) : undefined);
 
-/** The environment of a git command toward `remote`'s upstream. */
-export function envFor(state: string, remote: GateRemote): Record<string, string | undefined> {
-  return { ...process.env, ...upstreamEnv(remote, caBundlePath(state, remote)) };
+/** An upstream the gate will not connect to: the address policy refused it, or its name did not resolve. */
+export class UpstreamRefused extends Error {
+  constructor(
+    message: string,
+    /** Set when the address policy refused (`private (RFC 1918)`, `loopback`, `docker host`, ...). */
+    readonly addressClass?: string,
+  ) {
+    super(message);
+  }
+}
+
+/** How the gate judges an upstream's addresses: the shared policy, the resolver, the bottle for the hint. */
+export interface Dialling {
+  policy: AddressPolicy;
+  resolve?: (host: string) => Promise<string[]>;
+  bottle?: string;
+}
+
+/**
+ * The environment of a git command toward `remote`'s upstream, with the upstream's name
+ * resolved once here and every address checked against the address policy; git (curl, ssh)
+ * is pinned to those addresses and does no lookup of its own. Throws UpstreamRefused.
+ */
+export async function envFor(state: string, remote: GateRemote, dialling: Dialling): Promise<Record<string, string | undefined>> {
+  const { host, port } = upstreamHostPort(remote.upstream);
+  const vetted = await vetHost(host, dialling.policy, dialling.resolve ?? systemResolve, 'the git gate', dialling.bottle);
+  if (!vetted.ok) throw new UpstreamRefused(vetted.reason, vetted.refusal?.addressClass);
+  return { ...process.env, ...upstreamEnv(remote, caBundlePath(state, remote), { host, port, addresses: vetted.addresses }) };
 }
 
 /** Creates the mirrors (empty until their first refresh), their hooks and CA bundles. */
@@ -88,11 +114,11 @@ const headKnown = new Set<string>();
  * success it also points the mirror's HEAD at the upstream's default branch, so a clone checks
  * out what the upstream would. Throws with git's message when the upstream cannot be read.
  */
-export async function refreshMirror(state: string, remote: GateRemote): Promise<void> {
+export async function refreshMirror(state: string, remote: GateRemote, dialling: Dialling): Promise<void> {
   const problem = upstreamProblem(remote);
   if (problem) throw new Error(problem);
   const path = mirrorPath(state, remote.name);
-  const env = envFor(state, remote);
+  const env = await envFor(state, remote, dialling);
   const r = await run('git', ['fetch', '--quiet', '--prune', '--no-write-fetch-head', remote.upstream, '+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*'], {
     cwd: path,
     env,

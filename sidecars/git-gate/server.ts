@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { type GateAuditRecord, gateAuditLine } from './audit.js';
 import { errorAdvertisement, serveCgi } from './cgi.js';
 import type { GateRemote } from './config.js';
-import { mirrorsDir, RemoteLocks, refreshMirror } from './mirror.js';
+import { type Dialling, mirrorsDir, RemoteLocks, refreshMirror, UpstreamRefused } from './mirror.js';
 
 /**
  * The git gate's HTTP side: git's smart HTTP protocol for each declared remote at
@@ -34,7 +34,12 @@ export interface GateOptions {
   ready: () => boolean;
   /** Shared with whoever else refreshes the mirrors (the first look at start). */
   locks?: RemoteLocks;
+  /** How upstream addresses are judged (the shared address policy). */
+  dialling: Dialling;
 }
+
+/** The gate's own settings its hook needs to judge upstream addresses as the gate does. */
+const ADDRESS_ENV = ['BOTTLE_ADDRESS_DENY', 'BOTTLE_PRIVATE_NETWORKS', 'BOTTLE_BOTTLE', 'BOTTLE_TEST_DIAL_LOOPBACK'] as const;
 
 const ROUTE = /^\/([A-Za-z0-9._-]+)\.git\/(info\/refs|git-upload-pack|git-receive-pack)$/;
 const SERVICES = new Set(['git-upload-pack', 'git-receive-pack']);
@@ -55,6 +60,8 @@ export function createGateServer(opts: GateOptions): Server {
     BOTTLE_GIT_GATE_STATE: opts.state,
     BOTTLE_GIT_GATE_REMOTE: remote.name,
     ...(opts.run ? { BOTTLE_RUN: opts.run } : {}),
+    // The hook forwards pushes upstream under the same address policy.
+    ...Object.fromEntries(ADDRESS_ENV.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]])),
   });
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
@@ -88,10 +95,11 @@ export function createGateServer(opts: GateOptions): Server {
 
     if (endpoint === 'info/refs') {
       try {
-        await locks.run(name, () => refreshMirror(opts.state, remote));
+        await locks.run(name, () => refreshMirror(opts.state, remote, opts.dialling));
       } catch (err) {
         const reason = `cannot fetch ${name} from its upstream: ${(err as Error).message}`;
-        audit({ type, remote: name, ref: null, old: null, new: null, decision: 'deny', reason });
+        const addressClass = err instanceof UpstreamRefused ? err.addressClass : undefined;
+        audit({ type, remote: name, ref: null, old: null, new: null, decision: 'deny', reason, ...(addressClass ? { address_class: addressClass } : {}) });
         opts.log(reason);
         return errorAdvertisement(res, service, `git-gate: ${reason}`);
       }

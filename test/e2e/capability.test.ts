@@ -42,7 +42,8 @@ function supervisedBottle(tag: string, script: string, extra: Record<string, unk
     prefix: 'bottle-cap-',
     agent: agentName(`cap-${tag}`),
     bottle: 'cap',
-    config: { runtime: 'runc', egress: { allow: ['first.test'] }, supervise: true, ...extra },
+    // The suite's upstreams are containers of ours on a private network: opted in, as a user would.
+    config: { runtime: 'runc', egress: { allow: ['first.test'] }, supervise: true, private_networks: [up.subnet], ...extra },
     prompt: 'ask for what you lack',
     script,
     hostEnv,

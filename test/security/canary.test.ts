@@ -49,6 +49,8 @@ beforeAll(async () => {
       probe: {
         runtime: 'runc',
         egress: { allow: ['allowed.test'] },
+        // The test's server is a container of ours on a private network: opted in.
+        private_networks: [up.subnet],
         cred_proxy: {
           routes: [{ path: '/anthropic', upstream: 'https://api.model.test', token: { env: 'CANARY_TOKEN' }, inject: { header: 'x-api-key', format: '{token}' }, roles: ['anthropic-base-url'] }],
         },

@@ -15,6 +15,7 @@ import {
   agentProbe,
   attachApi,
   controlGet,
+  apiSubnet,
   createApiNetwork,
   ENV_PROBE,
   fingerprint,
@@ -61,8 +62,9 @@ import {
  * The cred-proxy sidecar in real bottles (issue 5, "How we will know"). Bottles are launched
  * with the built CLI (`run --detach`); once up, the suite's fake model APIs (TLS, certificate
  * from a CA made with openssl at test time and given to the routes as `ca: {file}`) are
- * connected to the bottle's egress network under their `.test` names, where its cred-proxy
- * reaches them. The agent's probes run in the agent's container as its user (`docker exec`),
+ * answer under their `.test` names on the suite's own network, which the bottle's cred-proxy
+ * joins (the bottle opts that network's subnet in with private_networks, as a user would an
+ * internal API). The agent's probes run in the agent's container as its user (`docker exec`),
  * and the verdicts come from what the agent got, what each fake API recorded, the host's view
  * (`docker inspect`, argv, BOTTLE_HOME) and the audit kept after teardown.
  *
@@ -312,6 +314,7 @@ for (const runtime of ['runc', 'runsc'] as const)
         tag: `probe-${runtime}`,
         runtime,
         hostEnv: { [TOKEN_ENV]: tokenA },
+        privateNetworks: [await apiSubnet()],
         routes: [
           {
             path: '/anthropic',
@@ -334,8 +337,8 @@ for (const runtime of ['runc', 'runsc'] as const)
       ({ identity, run: runId, log: agentLog } = up);
       const n = names(identity);
       const proxy = n.sidecar('cred-proxy');
-      await attachApi(model, n.egressNetwork, ['api.model.test', 'keys.model.test']);
-      await attachApi(decoy, n.egressNetwork, ['decoy.model.test']);
+      await attachApi(model, proxy, ['api.model.test', 'keys.model.test']);
+      await attachApi(decoy, proxy, ['decoy.model.test']);
       // Positive control: the cred-proxy's container can reach the decoy by its name, so a decoy
       // that sees nothing later was kept out by the proxy's routing, not by the network.
       decoyControl = await controlGet(proxy, 'decoy.model.test', '/control');
@@ -601,6 +604,7 @@ describe('rotating a token file on the host while the bottle runs', () => {
     writeToken(tokenFile, versions[0]!);
     b = newCredBottle({
       tag: 'rotate',
+      privateNetworks: [await apiSubnet()],
       routes: [
         {
           path: '/anthropic',
@@ -617,7 +621,7 @@ describe('rotating a token file on the host while the bottle runs', () => {
     agent = up.agent;
     const n = names(identity);
     const proxy = n.sidecar('cred-proxy');
-    await attachApi(model, n.egressNetwork, ['api.model.test']);
+    await attachApi(model, proxy, ['api.model.test']);
     const modelBefore = (await model.requests()).length;
 
     let count = 0;

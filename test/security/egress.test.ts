@@ -238,7 +238,7 @@ describe('an agent probing the egress proxy', () => {
   let runId = '';
 
   beforeAll(async () => {
-    b = newEgressBottle({ tag: 'probe', allow: PROBE_ALLOW, script: PROBE_SCRIPT });
+    b = newEgressBottle({ tag: 'probe', allow: PROBE_ALLOW, script: PROBE_SCRIPT, privateNetworks: [up.subnet] });
     track(b.dir);
     identity = b.agent;
     identities.add(identity);
@@ -338,7 +338,7 @@ describe('an agent probing the egress proxy', () => {
     expect(gateways.egress).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
     expect(r.gw_http_code).toBe('403');
     expect(decode(r.gw_http_body)).toContain(`gw.test resolves to ${gateways.egress}`);
-    expect(decode(r.gw_http_body)).toMatch(/deny list/);
+    expect(decode(r.gw_http_body)).toMatch(/an address of the Docker host/);
     expect(r.gwin_http_code).toBe('403');
     expect(decode(r.gwin_http_body)).toContain(`gwin.test resolves to ${gateways.internal}`);
   });
@@ -474,7 +474,7 @@ describe('live reload: an approved allowlist addition reaches the running sideca
   let liveAudit: EgressAuditEntry[] = [];
 
   beforeAll(async () => {
-    b = newEgressBottle({ tag: 'reload', allow: ['slow.test', 'secure.test'], script: RELOAD_SCRIPT });
+    b = newEgressBottle({ tag: 'reload', allow: ['slow.test', 'secure.test'], script: RELOAD_SCRIPT, privateNetworks: [up.subnet] });
     track(b.dir);
     identity = b.agent;
     identities.add(identity);
@@ -610,7 +610,7 @@ describe('connections still open when the bottle is stopped', () => {
   let audit: EgressAuditEntry[] = [];
 
   beforeAll(async () => {
-    b = newEgressBottle({ tag: 'open', allow: ['slow.test', 'secure.test'], script: OPEN_AT_STOP_SCRIPT });
+    b = newEgressBottle({ tag: 'open', allow: ['slow.test', 'secure.test'], script: OPEN_AT_STOP_SCRIPT, privateNetworks: [up.subnet] });
     track(b.dir);
     identity = b.agent;
     identities.add(identity);

@@ -4,7 +4,7 @@ import type Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { names } from '../../machines/names.js';
 import { ensureBuilt } from '../support/cli.js';
-import { docker, } from '../support/docker.js';
+import { docker, subnetOf } from '../support/docker.js';
 import { ensureTestImages } from '../support/images.js';
 import {
   type AttachedRun,
@@ -69,11 +69,16 @@ let sidecarImage = '';
 let server: TestServer;
 /** Allowlisted on its port: the control that the egress path works. */
 let allowedServer: TestServer;
+/** The servers' network and its subnet, which the probe bottle opts in (private_networks) to reach the allowed one. */
+let serversNetwork = '';
+let serversSubnet = '';
 
 beforeAll(async () => {
   ensureBuilt();
   sidecarImage = (await ensureTestImages()).sidecar;
   const network = await createSuiteNetwork();
+  serversNetwork = network;
+  serversSubnet = await subnetOf(network);
   server = await startServer(sidecarImage, network, 'forbidden');
   allowedServer = await startServer(sidecarImage, network, 'allowed');
   // Positive control: a peer on the server's own network reaches it by alias and by IP.
@@ -92,6 +97,8 @@ interface Observed {
   internalNetwork: Docker.NetworkInspectInfo;
   gateway: string;
   egressNetAddress: string;
+  /** The egress sidecar's address on the servers' network, where it reaches the allowed server. */
+  egressServersAddress: string;
   /** The forbidden server's address on the bottle's egress network, once attached there. */
   forbiddenEgressNetAddress: string;
   homeFiles: string[];
@@ -137,6 +144,7 @@ for (const runtime of ['runc', 'runsc'] as const) {
         runtime,
         script,
         allow: ['allowed.test', `${allowedServer.alias}:${allowedServer.port}`],
+        privateNetworks: [serversSubnet],
         manifestEnv: { BB_FORWARDED: { from_host: 'BB_SEC_FORWARD_SOURCE' }, BB_LITERAL: { value: 'not-a-secret' } },
         hostEnv: { SECRET_CANARY: canary, BB_SEC_FORWARD_SOURCE: forwarded },
       });
@@ -160,10 +168,12 @@ for (const runtime of ['runc', 'runsc'] as const) {
         const gateway = internalNetwork?.IPAM?.Config?.[0]?.Gateway;
         const egressNetAddress = egressNet && egress?.NetworkSettings.Networks[egressNet.Name]?.IPAddress;
         if (!internalNetwork || !egressNet || !gateway || !egressNetAddress) throw new Error(`cannot find the bottle's networks: ${JSON.stringify(nets.map((n) => n.Name))}`);
-        // Both servers join the egress network: the egress sidecar could reach either, so only
-        // its allowlist keeps the forbidden one out.
+        // The forbidden server joins the egress network and the egress sidecar joins the servers'
+        // network (opted in): the sidecar could reach either server, so only its allowlist keeps
+        // the forbidden one out.
         const forbiddenEgressNetAddress = await attachServer(server, egressNet.Name);
-        await attachServer(allowedServer, egressNet.Name);
+        await docker().getNetwork(serversNetwork).connect({ Container: egress!.Id });
+        const egressServersAddress = (await docker().getContainer(egress!.Id).inspect()).NetworkSettings.Networks[serversNetwork]?.IPAddress ?? '';
         const obs: Observed = {
           agent,
           holder,
@@ -171,6 +181,7 @@ for (const runtime of ['runc', 'runsc'] as const) {
           internalNetwork,
           gateway,
           egressNetAddress,
+          egressServersAddress,
           forbiddenEgressNetAddress,
           homeFiles: listFiles(b.home),
           homeHits: filesContaining(b.home, secrets),
@@ -337,7 +348,8 @@ for (const runtime of ['runc', 'runsc'] as const) {
     it('the control: the allowlisted server on the same network is reached through egress, from the egress sidecar', () => {
       const fresh = allowedAfter.slice(allowedBefore);
       expect(fresh.length, `proxy_get_allowed=${r.proxy_get_allowed}`).toBeGreaterThan(0);
-      for (const line of fresh) expect(line).toMatch(new RegExp(`${observed.egressNetAddress.replace(/\./g, '\\.')}$`));
+      expect(observed.egressServersAddress).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+      for (const line of fresh) expect(line).toMatch(new RegExp(`${observed.egressServersAddress.replace(/\./g, '\\.')}$`));
     });
 
     it('cannot open a TCP connection to its internal network’s gateway address, on any port', () => {

@@ -93,7 +93,7 @@ beforeAll(async () => {
   ensureBuilt();
   const images = await ensureTestImages();
   const serverImage = await gitServerImage(images.base);
-  await createGitNetwork();
+  const gitSubnet = await createGitNetwork();
   server = await startGitServer(serverImage, keys, pki, token);
 
   // The user's project: a git repository whose config has a remote with a password, a credential
@@ -113,6 +113,8 @@ beforeAll(async () => {
     runtime: 'auto',
     cwd: project,
     hostEnv: { [TOKEN_ENV]: token },
+    // The server is a container of ours on a private network: opted in, as a user would an internal git host.
+    privateNetworks: [gitSubnet],
     remotes: [
       { name: 'origin', upstream: 'ssh://git@git.test/srv/git/app.git', key: { file: keys.keyFile }, known_hosts: { file: keys.knownHostsFile }, push: ['agent/*'] },
       { name: 'web', upstream: 'https://git.test/app.git', token: { env: TOKEN_ENV }, ca: { file: pki.caFile }, push: ['agent/*'] },
@@ -124,7 +126,7 @@ beforeAll(async () => {
   identity = launched.identity;
   results(await waitForLog(bottle, identity, /^RESULT ready=yes$/m, 120_000));
   agent = await agentContainer(identity);
-  await attachGitServer(server, names(identity).egressNetwork);
+  await attachGitServer(`bottle-${identity}-git-gate`);
 });
 
 afterAll(async () => {
@@ -233,7 +235,7 @@ describe('the git gate in a real bottle', () => {
     expect(viaProxy.out).toMatch(/403|CONNECT/);
     const ssh = await agentSh('GIT_SSH_COMMAND="ssh -o BatchMode=yes -o ConnectTimeout=3 -o StrictHostKeyChecking=no" git ls-remote ssh://git@git.test/srv/git/other.git; echo "exit=$?"');
     expect(ssh.out).toMatch(/exit=[1-9]/);
-    const address = await addressOn(server.container, names(identity).egressNetwork);
+    const address = await addressOn(server.container, GIT_NETWORK);
     expect(address).not.toBe('');
     const direct = await agentSh(`for p in 22 443; do timeout 3 bash -c "echo > /dev/tcp/${address}/$p" 2>&1 && echo "open $p" || echo "closed $p"; done`);
     expect(direct.out).toContain('closed 22');

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { slugify } from '../../machines/names.js';
-import { docker, SUITE_ID, suiteLabels } from './docker.js';
+import { docker, SUITE_ID, subnetOf, suiteLabels } from './docker.js';
 import { execAs } from './egress.js';
 import { demux } from './images.js';
 import { bottleFolder, type Needle, type Runtime, type SecBottle } from './security.js';
@@ -211,15 +211,25 @@ export async function startModelApi(image: string, name: string, pki: Pki): Prom
   };
 }
 
-/** Puts a fake API on a bottle's egress network under `aliases`, where its cred-proxy can reach it. */
-export async function attachApi(api: ModelApi, network: string, aliases: string[]): Promise<void> {
-  await docker()
-    .getNetwork(network)
-    .connect({
-      Container: api.container,
-      EndpointConfig: { Aliases: aliases },
-    });
+/**
+ * Makes a fake API answer to `aliases` on the suite's network and puts a bottle's cred-proxy
+ * there, where it can reach it (the bottle opts the network's subnet in with private_networks).
+ */
+export async function attachApi(api: ModelApi, proxy: string, aliases: string[]): Promise<void> {
+  const net = docker().getNetwork(API_NETWORK);
+  const info = (await net.inspect()) as { Containers?: Record<string, { Name?: string }> };
+  const inspected = await docker().getContainer(api.container).inspect();
+  const had = inspected.NetworkSettings.Networks[API_NETWORK]?.Aliases ?? [];
+  const want = [...new Set([api.name, ...had, ...aliases])];
+  if (!aliases.every((a) => had.includes(a))) {
+    await net.disconnect({ Container: api.container, Force: true });
+    await net.connect({ Container: api.container, EndpointConfig: { Aliases: want } });
+  }
+  if (!Object.values(info.Containers ?? {}).some((c) => c.Name === proxy)) await net.connect({ Container: proxy });
 }
+
+/** The suite API network's IPv4 subnet: what a cred bottle opts in (private_networks). */
+export const apiSubnet = () => subnetOf(API_NETWORK);
 
 /**
  * The positive control: from inside a container (the bottle's cred-proxy, as its own user), an
@@ -265,12 +275,12 @@ wait
 `;
 
 /** A bottle with its own folder, BOTTLE_HOME and manifest, with `routes` for its cred-proxy. */
-export function newCredBottle(opts: { tag: string; routes: RouteSpec[]; hostEnv?: Record<string, string>; runtime?: Runtime }): SecBottle {
+export function newCredBottle(opts: { tag: string; routes: RouteSpec[]; hostEnv?: Record<string, string>; runtime?: Runtime; privateNetworks?: string[] }): SecBottle {
   return bottleFolder({
     prefix: 'bottle-cred-',
     agent: credAgentName(opts.tag),
     bottle: BOTTLE_NAME,
-    config: { runtime: opts.runtime ?? 'runc', cred_proxy: { routes: opts.routes } },
+    config: { runtime: opts.runtime ?? 'runc', cred_proxy: { routes: opts.routes }, ...(opts.privateNetworks ? { private_networks: opts.privateNetworks } : {}) },
     prompt: 'probe the cred-proxy',
     script: AGENT_SCRIPT,
     ...(opts.hostEnv ? { hostEnv: opts.hostEnv } : {}),

@@ -96,3 +96,14 @@ export async function execIn(container: string, cmd: string[], opts: { user?: st
   const info = await exec.inspect();
   return { code: info.ExitCode ?? -1, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') };
 }
+
+/**
+ * The IPv4 subnet Docker gave `network`: what a test manifest opts in with private_networks
+ * when its upstream containers sit there (as a user with an internal registry would).
+ */
+export async function subnetOf(network: string): Promise<string> {
+  const info = (await docker().getNetwork(network).inspect()) as { IPAM?: { Config?: { Subnet?: string }[] } };
+  const subnet = info.IPAM?.Config?.map((c) => c.Subnet).find((s) => s?.includes('.'));
+  if (!subnet) throw new Error(`network ${network} has no IPv4 subnet`);
+  return subnet;
+}

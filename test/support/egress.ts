@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { DEFAULT_SOCKET } from '../../effects/docker/client.js';
 import { slugify } from '../../machines/names.js';
-import { docker, execIn, SUITE_ID, suiteLabels } from './docker.js';
+import { docker, execIn, SUITE_ID, subnetOf, suiteLabels } from './docker.js';
 import { demux } from './images.js';
 import { bottleFolder, type Runtime, type SecBottle } from './security.js';
 
@@ -33,6 +33,8 @@ export interface EgressBottleOptions {
   runtime?: Runtime;
   /** Extra variables in the CLI's environment (DOCKER_HOST for a fault-injecting endpoint). */
   hostEnv?: Record<string, string>;
+  /** The manifest's private_networks: the subnet of the suite's upstream network when the bottle reaches it. */
+  privateNetworks?: string[];
 }
 
 /** The bottle's name in the manifest (the 403 hint names bottles.<this>.egress.allow). */
@@ -48,7 +50,7 @@ export function newEgressBottle(opts: EgressBottleOptions): SecBottle {
     prefix: 'bottle-egress-',
     agent: egressAgentName(opts.tag),
     bottle: BOTTLE_NAME,
-    config: { runtime: opts.runtime ?? 'runc', egress: { allow: opts.allow } },
+    config: { runtime: opts.runtime ?? 'runc', egress: { allow: opts.allow }, ...(opts.privateNetworks ? { private_networks: opts.privateNetworks } : {}) },
     prompt: 'probe the egress proxy',
     script: opts.script,
     ...(opts.hostEnv ? { hostEnv: opts.hostEnv } : {}),
@@ -130,6 +132,8 @@ export interface Upstream {
 
 export interface UpstreamNet {
   network: string;
+  /** Its IPv4 subnet, which a bottle that reaches these upstreams opts in (private_networks). */
+  subnet: string;
   upstreams: Record<string, Upstream>;
 }
 
@@ -187,7 +191,7 @@ export async function startUpstreams(image: string, specs: UpstreamSpec[]): Prom
       return { name: spec.name, container, id: c.id, ip, connections, output };
     }),
   );
-  return { network: UPSTREAM_NETWORK, upstreams: Object.fromEntries(started.map((u) => [u.name, u])) };
+  return { network: UPSTREAM_NETWORK, subnet: await subnetOf(UPSTREAM_NETWORK), upstreams: Object.fromEntries(started.map((u) => [u.name, u])) };
 }
 
 /**

@@ -6,7 +6,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { contentTag } from '../../effects/docker/image-context.js';
 import { DockerodeImageBuilder } from '../../effects/docker/images.js';
 import { slugify } from '../../machines/names.js';
-import { docker, SUITE_ID, suiteLabels } from './docker.js';
+import { docker, SUITE_ID, subnetOf, suiteLabels } from './docker.js';
 import { demux } from './images.js';
 import type { Pki } from './cred-proxy.js';
 import { bottleFolder, type SecBottle } from './security.js';
@@ -192,8 +192,10 @@ export async function gitServerImage(base: string): Promise<string> {
 /** The suite's network for its git server: internal, so it leads nowhere. */
 export const GIT_NETWORK = `bbt-${SUITE_ID}-git-net`;
 
-export async function createGitNetwork(): Promise<void> {
+/** Creates it and returns its IPv4 subnet, which the git bottles opt in (private_networks). */
+export async function createGitNetwork(): Promise<string> {
   await docker().createNetwork({ Name: GIT_NETWORK, Driver: 'bridge', Internal: true, Labels: { ...suiteLabels }, CheckDuplicate: true });
+  return subnetOf(GIT_NETWORK);
 }
 
 export interface GitServer {
@@ -248,9 +250,12 @@ export async function startGitServer(image: string, keys: SshKeys, pki: Pki, tok
   };
 }
 
-/** Puts the git server on a bottle's egress network as git.test, where its gate reaches it. */
-export async function attachGitServer(server: GitServer, network: string): Promise<void> {
-  await docker().getNetwork(network).connect({ Container: server.container, EndpointConfig: { Aliases: ['git.test'] } });
+/**
+ * Puts a bottle's git gate on the suite's git network, where the server answers as git.test
+ * (the bottle opts that network's subnet in with private_networks).
+ */
+export async function attachGitServer(gate: string): Promise<void> {
+  await docker().getNetwork(GIT_NETWORK).connect({ Container: gate });
 }
 
 /** The server's address on a network (for the agent's attempt to go around the gate). */
@@ -282,12 +287,26 @@ wait
 `;
 
 /** A bottle with its own folder, BOTTLE_HOME and manifest, with `remotes` for its git gate. */
-export function newGitBottle(opts: { tag: string; remotes: GitRemoteSpec[]; hostEnv?: Record<string, string>; cwd?: string; allow?: string[]; runtime?: 'auto' | 'runsc' | 'runc' }): SecBottle {
+export function newGitBottle(opts: {
+  tag: string;
+  remotes: GitRemoteSpec[];
+  hostEnv?: Record<string, string>;
+  cwd?: string;
+  allow?: string[];
+  runtime?: 'auto' | 'runsc' | 'runc';
+  /** The manifest's private_networks: the git network's subnet, so the gate may reach the server. */
+  privateNetworks?: string[];
+}): SecBottle {
   return bottleFolder({
     prefix: 'bottle-git-',
     agent: slugify(`git-${SUITE_ID}-${opts.tag}`),
     bottle: GIT_BOTTLE,
-    config: { runtime: opts.runtime ?? 'runc', egress: { allow: opts.allow ?? ['allowed.test'] }, git: opts.remotes },
+    config: {
+      runtime: opts.runtime ?? 'runc',
+      egress: { allow: opts.allow ?? ['allowed.test'] },
+      git: opts.remotes,
+      ...(opts.privateNetworks ? { private_networks: opts.privateNetworks } : {}),
+    },
     prompt: 'work through the git gate',
     script: AGENT_SCRIPT,
     ...(opts.hostEnv ? { hostEnv: opts.hostEnv } : {}),

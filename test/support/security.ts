@@ -50,6 +50,8 @@ export interface BottleOptions {
   /** Extra variables in the CLI's own environment (the "host" environment). */
   hostEnv?: Record<string, string>;
   cwd?: string;
+  /** The manifest's private_networks (the subnet of a suite network whose servers the bottle reaches). */
+  privateNetworks?: string[];
 }
 
 /** Agent names are unique per suite and per test, so identities (and labels) never collide. */
@@ -98,7 +100,12 @@ export function newBottle(opts: BottleOptions): SecBottle {
     prefix: 'bottle-sec-',
     agent: agentName(opts.tag),
     bottle: 'sec',
-    config: { runtime: opts.runtime, egress: { allow: opts.allow ?? ['allowed.test'] }, ...(opts.manifestEnv ? { env: opts.manifestEnv } : {}) },
+    config: {
+      runtime: opts.runtime,
+      egress: { allow: opts.allow ?? ['allowed.test'] },
+      ...(opts.manifestEnv ? { env: opts.manifestEnv } : {}),
+      ...(opts.privateNetworks ? { private_networks: opts.privateNetworks } : {}),
+    },
     prompt: 'probe the bottle',
     script: opts.script,
     ...(opts.hostEnv ? { hostEnv: opts.hostEnv } : {}),

@@ -153,6 +153,18 @@ describe('DockerodeRuntime isolation', () => {
     expect((err2 as BottleError).code).toBe('NAME_CONFLICT');
   });
 
+  it('hostAddresses: every Docker network’s gateway and the host’s own interface addresses', async () => {
+    const name = uniqueName('hostaddr');
+    await docker().createNetwork({ Name: name, Internal: true, Labels: runLabels(), CheckDuplicate: true });
+    const gateway = ((await docker().getNetwork(name).inspect()) as { IPAM?: { Config?: { Gateway?: string }[] } }).IPAM?.Config?.find((c) => c.Gateway)?.Gateway;
+    expect(gateway).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+    const bridge = ((await docker().getNetwork('bridge').inspect()) as { IPAM?: { Config?: { Gateway?: string }[] } }).IPAM?.Config?.find((c) => c.Gateway)?.Gateway;
+    const found = await rt.hostAddresses();
+    expect(found).toContain(gateway);
+    if (bridge) expect(found).toContain(bridge);
+    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) expect(found).toContain(a.address.replace(/%.*$/, ''));
+  });
+
   it('never adopts a network of the same name that is not ours', async () => {
     const name = uniqueName('stranger');
     await docker().createNetwork({ Name: name, Internal: true, Labels: { ...suiteLabels, 'bot-bottle.identity': 'someone-else' }, CheckDuplicate: true });

@@ -60,6 +60,7 @@ describe('validateManifest: valid documents', () => {
       git: [],
       cred_proxy: { routes: [] },
       supervise: false,
+      private_networks: [],
       env: {},
     });
     expect(manifest.agents.coder).toEqual({ bottle: 'web', skills: [] });
@@ -140,7 +141,7 @@ describe('validateManifest: schema errors', () => {
         'agents.coder.model',
       ]),
     );
-    expectIssue(doc, 'bottles.web.egres', 'unknown key (allowed here: image, runtime, egress, git, cred_proxy, supervise, env)');
+    expectIssue(doc, 'bottles.web.egres', 'unknown key (allowed here: image, runtime, egress, git, cred_proxy, supervise, private_networks, env)');
   });
 
   it('names the expected type in YAML words', () => {
@@ -363,5 +364,26 @@ describe('validateManifest: reserved route path', () => {
       agents: { a: { bottle: 'b' } },
     };
     expectIssue(doc, 'bottles.b.cred_proxy.routes[0].path', 'reserved');
+  });
+});
+
+describe('validateManifest: private_networks and literal upstream addresses', () => {
+  it('accepts CIDR blocks and bare addresses; names each bad entry with its path', () => {
+    expect(expectValid(withBottle({ private_networks: ['10.20.0.0/16', '192.168.5.7', 'fd12::/16'] })).bottles.web!.private_networks).toEqual(['10.20.0.0/16', '192.168.5.7', 'fd12::/16']);
+    expectIssue(withBottle({ private_networks: ['10.20.0.0/16', 'intranet'] }), 'bottles.web.private_networks[1]', '"intranet" is not an IP address');
+    expectIssue(withBottle({ private_networks: ['10.20.0.5/16'] }), 'bottles.web.private_networks[0]', 'host bits set; the block is 10.20.0.0/16');
+    expectIssue(withBottle({ private_networks: ['127.0.0.0/8'] }), 'bottles.web.private_networks[0]', /never dialled; private_networks cannot allow it/);
+    expectIssue(withBottle({ private_networks: ['8.8.8.0/24'] }), 'bottles.web.private_networks[0]', /global addresses need no opt-in/);
+    expectIssue(withBottle({ private_networks: '10.0.0.0/8' }), 'bottles.web.private_networks', 'expected a list, got a string');
+  });
+
+  it('a route or git remote at a literal private address fails unless opted in; one never dialable fails always', () => {
+    const at = 'bottles.web.cred_proxy.routes[0].upstream';
+    expectIssue(withBottle({ cred_proxy: { routes: [route({ upstream: 'http://10.20.0.5:8080' })] } }), at, '10.20.0.5 is a private address (RFC 1918); allow it with bottles.web.private_networks');
+    expectValid(withBottle({ private_networks: ['10.20.0.0/16'], cred_proxy: { routes: [route({ upstream: 'http://10.20.0.5:8080' })] } }));
+    expectIssue(withBottle({ private_networks: ['0.0.0.0/0'], cred_proxy: { routes: [route({ upstream: 'http://169.254.169.254/' })] } }), at, /cloud metadata\), which the cred-proxy never connects to/);
+    expectIssue(withBottle({ git: [remote({ upstream: 'https://[fd00::5]/r.git' })] }), 'bottles.web.git[0].upstream', /unique local address \(fc00::\/7\); allow it with bottles\.web\.private_networks/);
+    expectValid(withBottle({ private_networks: ['fd00::/8'], git: [remote({ upstream: 'https://[fd00::5]/r.git' })] }));
+    expectValid(withBottle({ cred_proxy: { routes: [route({ upstream: 'https://api.example.com' })] } }));
   });
 });

@@ -153,3 +153,27 @@ describe('identity and names (properties)', () => {
     );
   });
 });
+
+describe('the address policy in the plan and the sidecar specs', () => {
+  it('private_networks reaches the plan, its summary, and every sidecar that dials; the deny list is the gateways and host addresses; never the test hook', async () => {
+    const { sidecarSpec } = await import('../../../machines/specs.js');
+    const { planSummary } = await import('../../../machines/plan.js');
+    const opted = manifest({ ...JSON.parse(JSON.stringify(full)), bottles: { web: { ...JSON.parse(JSON.stringify(full)).bottles.web, private_networks: ['10.20.0.0/16'] } } });
+    const plan = buildPlan(input({ manifest: opted }), world);
+    expect(plan.privateNetworks).toEqual(['10.20.0.0/16']);
+    expect(planSummary(plan).private_networks).toEqual(['10.20.0.0/16']);
+    expect(planSummary(buildPlan(input(), world)).private_networks).toEqual([]);
+    // Without the key the plan has no such field (a log written before it folds unchanged).
+    expect('privateNetworks' in buildPlan(input(), world)).toBe(false);
+    for (const s of plan.sidecars) {
+      const env = sidecarSpec(plan, 'run1', s, [], ['172.18.0.1', '172.17.0.1']).env;
+      expect(env.BOTTLE_TEST_DIAL_LOOPBACK, s.role).toBeUndefined();
+      if (['egress', 'cred-proxy', 'git-gate'].includes(s.role)) {
+        expect(env.BOTTLE_ADDRESS_DENY, s.role).toBe('172.18.0.1,172.17.0.1');
+        expect(env.BOTTLE_PRIVATE_NETWORKS, s.role).toBe('10.20.0.0/16');
+      } else {
+        expect(env.BOTTLE_ADDRESS_DENY, s.role).toBeUndefined();
+      }
+    }
+  });
+});

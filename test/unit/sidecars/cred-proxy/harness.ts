@@ -13,6 +13,11 @@ import { join } from 'node:path';
 import { afterEach } from 'vitest';
 import type { AuditRecord } from '../../../../sidecars/cred-proxy/audit.js';
 import { type CredProxyOptions, createCredProxy } from '../../../../sidecars/cred-proxy/proxy.js';
+import { createAddressPolicy } from '../../../../sidecars/common/address-policy.js';
+
+/** The production address policy, except that the test's own upstreams on 127.0.0.1 may be dialled. */
+const production = createAddressPolicy();
+export const loopbackUpstreamsOnly = { ...production, check: (a: string) => (a === '127.0.0.1' ? undefined : production.check(a)) };
 import { RoutesReloader, type RoutesReloaderOptions } from '../../../../sidecars/cred-proxy/reload.js';
 import { parseRoutes, type Route } from '../../../../sidecars/cred-proxy/routes.js';
 import { TokenStore } from '../../../../sidecars/cred-proxy/tokens.js';
@@ -195,7 +200,7 @@ export async function startProxy(
   );
   cleanups.push(() => tokens.close());
   const audits: AuditRecord[] = [];
-  const proxy = createCredProxy({ routes, tokens, audit: (r) => audits.push(r), log: (m) => logs.push(m), ...proxyOpts });
+  const proxy = createCredProxy({ routes, tokens, addressPolicy: loopbackUpstreamsOnly, audit: (r) => audits.push(r), log: (m) => logs.push(m), ...proxyOpts });
   const port = await track(proxy);
   cleanups.push(() => proxy.closeUpstreams());
   const routesEvents: RoutesEvent[] = [];

@@ -72,7 +72,7 @@ describe('cred-proxy main', () => {
     const dir = tempDir();
     const { routesFile, tokenFiles } = writeConfig(dir, [route(model.origin, { ca_file: pki.caFile })]);
     const port = await freePort();
-    const { out, child } = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(port), BOTTLE_CRED_ROUTES: routesFile, BOTTLE_CRED_PLACEHOLDER: PLACEHOLDER, BOTTLE_RUN: 'r1' });
+    const { out, child } = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(port), BOTTLE_CRED_ROUTES: routesFile, BOTTLE_CRED_PLACEHOLDER: PLACEHOLDER, BOTTLE_RUN: 'r1', BOTTLE_TEST_DIAL_LOOPBACK: '1' });
     await until(() => out.stdout.includes('ready'), 'ready', 20_000);
     expect((await request(port, '/healthz')).status).toBe(200);
 
@@ -112,7 +112,7 @@ describe('cred-proxy main', () => {
     const dir = tempDir();
     const { routesFile, tokenFiles } = writeConfig(dir, [route(model.origin)]);
     const port = await freePort();
-    const { out, child } = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(port), BOTTLE_CRED_ROUTES: routesFile, BOTTLE_CRED_PLACEHOLDER: PLACEHOLDER, BOTTLE_RUN: 'r2' });
+    const { out, child } = runMain(MAIN, { BOTTLE_SIDECAR_PORT: String(port), BOTTLE_CRED_ROUTES: routesFile, BOTTLE_CRED_PLACEHOLDER: PLACEHOLDER, BOTTLE_RUN: 'r2', BOTTLE_TEST_DIAL_LOOPBACK: '1' });
     await until(() => out.stdout.includes('ready'), 'ready', 20_000);
     const routesLines = () =>
       out.stdout

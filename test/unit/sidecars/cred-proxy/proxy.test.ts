@@ -454,3 +454,38 @@ describe('audit', () => {
     expect(text).not.toContain('secret-ish');
   });
 });
+
+describe('the address policy', () => {
+  it('refuses an upstream whose name resolves to a private address not opted in, naming the class and the key, in the answer and the audit; nothing is dialled', async () => {
+    const model = await startUpstream();
+    const { port, audits } = await startProxy(
+      [{ path: '/lan', upstream: `http://lan.test:${model.port}`, inject: { header: 'x-api-key', format: '{token}' }, roles: [], token: TOKEN }],
+      { resolve: async () => ['10.20.0.5'], bottle: 'web' },
+    );
+    const reply = await request(port, '/lan/v1/x');
+    expect(reply.status).toBe(403);
+    expect(reply.body).toContain('lan.test resolves to 10.20.0.5, a private address (RFC 1918); allow it with bottles.web.private_networks');
+    await until(() => audits.length > 0, 'the audit line');
+    expect(audits[0]).toMatchObject({ route: '/lan', status: 403, address_class: 'private (RFC 1918)' });
+    expect(model.connections).toBe(0);
+  });
+
+  it('dials the vetted address of a name it resolved itself (no second lookup), keeping the TLS name check on the name', async () => {
+    const model = await startUpstream({ tls: { key: pki.key, cert: pki.cert } });
+    let lookups = 0;
+    // model.test exists only in this resolver: a second lookup by anyone else would fail.
+    const resolve = async (h: string) => {
+      lookups += 1;
+      if (h !== 'model.test') throw Object.assign(new Error('not found'), { code: 'ENOTFOUND' });
+      return ['127.0.0.1'];
+    };
+    const { port } = await startProxy(
+      [{ path: '/m', upstream: `https://model.test:${model.port}`, inject: { header: 'x-api-key', format: '{token}' }, roles: [], token: TOKEN, ca_file: pki.caFile }],
+      { resolve },
+    );
+    const reply = await request(port, '/m/v1/x');
+    expect(reply.status).toBe(200);
+    expect(model.requests[0]!.headers['x-api-key']).toBe(TOKEN);
+    expect(lookups).toBe(1);
+  });
+});

@@ -7,7 +7,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { afterEach } from 'vitest';
 import type { AuditRecord } from '../../../../sidecars/egress/audit.js';
-import { forbiddenAddress } from '../../../../sidecars/egress/policy.js';
+import { checkAddress } from '../../../../config/address-policy.js';
 import { createEgressProxy, type EgressProxy, type EgressProxyOptions } from '../../../../sidecars/egress/proxy.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -148,7 +148,10 @@ export function fakeResolver(map: Record<string, string[]>) {
 }
 
 /** The real address policy, except that 127.0.0.1 (where the test upstreams listen) is let through. */
-export const loopbackTestServersOnly = (ip: string) => (ip === '127.0.0.1' ? undefined : forbiddenAddress(ip));
+export const loopbackTestServersOnly = (ip: string) => {
+  const v = checkAddress(ip);
+  return ip === '127.0.0.1' || v.ok ? undefined : v;
+};
 
 export async function startProxy(opts: EgressProxyOptions) {
   const audits: AuditRecord[] = [];

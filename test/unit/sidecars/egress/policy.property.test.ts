@@ -1,7 +1,14 @@
 import { isIP, isIPv6 } from 'node:net';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { createPolicy, forbiddenAddress, formatTarget, parseAuthority, parseEntry, parseIp } from '../../../../sidecars/egress/policy.js';
+import { checkAddress } from '../../../../config/address-policy.js';
+import { createPolicy, formatTarget, parseAuthority, parseEntry, parseIp } from '../../../../sidecars/egress/policy.js';
+
+/** The class the shared address policy (no opt-in, no deny list) gives an address, or undefined when it may be dialled. */
+const forbiddenAddress = (ip: string): string | undefined => {
+  const v = checkAddress(ip);
+  return v.ok ? undefined : v.addressClass;
+};
 
 /** Domains the policy accepts as entries (fast-check's domain() is close to, not exactly, that set). */
 const domain = fc.domain().filter((d) => parseEntry(d).ok && parseEntry(`*.${d}`).ok);
@@ -99,10 +106,24 @@ describe('address properties', () => {
     );
   });
 
-  it('ordinary unicast IPv4 addresses pass (the private ranges are not the proxy’s business)', () => {
+  it('global unicast IPv4 addresses pass; every private one is refused until opted in', () => {
+    const privateV4 = (a: number, b: number, c: number) =>
+      a === 10 ||
+      (a === 172 && b >= 16 && b < 32) ||
+      (a === 192 && b === 168) ||
+      (a === 100 && b >= 64 && b < 128) ||
+      (a === 198 && (b === 18 || b === 19)) ||
+      (a === 192 && b === 0 && (c === 0 || c === 2)) ||
+      (a === 198 && b === 51 && c === 100) ||
+      (a === 203 && b === 0 && c === 113);
     fc.assert(
       fc.property(fc.integer({ min: 1, max: 223 }), octet, octet, octet, (a, b, c, d) => {
         fc.pre(a !== 127 && !(a === 169 && b === 254) && !(a === 100 && b === 100 && c === 100 && d === 200));
+        if (privateV4(a, b, c)) {
+          expect(forbiddenAddress(`${a}.${b}.${c}.${d}`)).toBeDefined();
+          expect(checkAddress(`${a}.${b}.${c}.${d}`, { allow: [{ text: '0.0.0.0/0', family: 'ipv4', bytes: [0, 0, 0, 0], prefix: 0 }] }).ok).toBe(true);
+          return;
+        }
         expect(forbiddenAddress(`${a}.${b}.${c}.${d}`)).toBeUndefined();
       }),
     );

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { openAuditLog } from '../../../../sidecars/egress/audit.js';
-import { parseDenyList } from '../../../../sidecars/egress/policy.js';
+import { parseBlockList } from '../../../../config/address-policy.js';
 import { readAllowlistFile, watchAllowlistFile } from '../../../../sidecars/egress/proxy.js';
 import {
   connectVia,
@@ -207,30 +207,36 @@ describe('plain HTTP', () => {
       'loop.test': ['127.0.0.1'],
       'mapped.test': ['::ffff:127.0.0.1'],
       'meta.test': ['169.254.169.254'],
-      'mixed.test': ['192.0.2.10', '127.0.0.1'],
+      'mixed.test': ['172.30.0.9', '127.0.0.1'],
       'gateway.test': ['172.30.0.1'],
+      'lan.test': ['10.20.0.5'],
     });
-    const names = ['loop.test', 'mapped.test', 'meta.test', 'mixed.test', 'gateway.test'];
+    const names = ['loop.test', 'mapped.test', 'meta.test', 'mixed.test', 'gateway.test', 'lan.test'];
     const { port, audits } = await startProxy({
       allowlist: names.map((n) => `${n}:${up.port}`),
       resolve,
       isForbidden: undefined, // the production policy
-      deny: parseDenyList('172.30.0.1').blocks,
+      deny: parseBlockList('172.30.0.1').blocks,
+      // The gateway sits inside an opted-in block: still refused (the host's addresses come first).
+      privateNetworks: parseBlockList('172.30.0.0/16').blocks,
+      bottle: 'web',
     });
     for (const name of names) {
       const reply = await viaProxy(port, `http://${name}:${up.port}/`);
       expect(reply.status, name).toBe(403);
       expect(reply.body, name).toContain(`${name} resolves to`);
-      expect(reply.body, name).toContain('never connects');
+      expect(reply.body, name).toContain(name === 'lan.test' ? 'allow it with bottles.web.private_networks' : 'never connects');
     }
     const literal = await startProxy({ allowlist: [`127.0.0.1:${up.port}`], isForbidden: undefined });
     const lit = await viaProxy(literal.port, `http://127.0.0.1:${up.port}/`);
     expect(lit.status).toBe(403);
-    expect(lit.body).toContain('127.0.0.1, a loopback address');
+    expect(lit.body).toContain('127.0.0.1 is a loopback address, which the egress proxy never connects to');
     expect(up.connections).toBe(0);
     expect(audits.map((a) => [a.host, a.decision, a.rule])).toEqual(names.map((n) => [n, 'deny', `${n}:${up.port}`]));
-    expect(audits.find((a) => a.host === 'meta.test')!.reason).toContain('169.254.169.254, a link-local (cloud metadata) address');
-    expect(audits.find((a) => a.host === 'gateway.test')!.reason).toContain('deny list');
+    expect(audits.find((a) => a.host === 'meta.test')!.reason).toContain('169.254.169.254, a link-local address (cloud metadata)');
+    expect(audits.find((a) => a.host === 'gateway.test')!.reason).toContain('an address of the Docker host');
+    expect(audits.map((a) => a.address_class)).toEqual(['loopback', 'loopback', 'link-local (cloud metadata)', 'loopback', 'docker host', 'private (RFC 1918)']);
+    expect(audits.find((a) => a.host === 'lan.test')!.reason).toBe('lan.test resolves to 10.20.0.5, a private address (RFC 1918); allow it with bottles.web.private_networks');
   });
 
   it('resolves once and dials the vetted address, trying the next one when a connection fails', async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseRemotes, upstreamEnv, upstreamProblem } from '../../../../sidecars/git-gate/config.js';
+import { parseRemotes, upstreamEnv, upstreamHostPort, upstreamProblem } from '../../../../sidecars/git-gate/config.js';
 
 describe("the gate's remotes file and upstream environment", () => {
   it('refuses a file it cannot use, saying where', () => {
@@ -50,5 +50,17 @@ describe("the gate's remotes file and upstream environment", () => {
     expect(helpers[1]![1]).toContain("'username=bot'");
     expect(Object.values(config)).toContain('/state/ca/w.pem');
     expect(upstreamProblem({ name: 'w', upstream: 'https://h/r.git', push: [] })).toBeUndefined();
+  });
+
+  it('pins git to the vetted addresses: curl resolve list for http(s), ssh HostName with the name as host key alias; no redirects', () => {
+    const configOf = (env: Record<string, string>) => Array.from({ length: Number(env.GIT_CONFIG_COUNT) }, (_, i) => [env[`GIT_CONFIG_KEY_${i}`], env[`GIT_CONFIG_VALUE_${i}`]]);
+    const https = upstreamEnv({ name: 'w', upstream: 'https://git.internal:8443/r.git', push: [] }, undefined, { host: 'git.internal', port: 8443, addresses: ['10.20.0.5', 'fd00::5'] });
+    expect(configOf(https)).toEqual(expect.arrayContaining([['http.curloptResolve', 'git.internal:8443:10.20.0.5,[fd00::5]'], ['http.followRedirects', 'false']]));
+    const ssh = upstreamEnv({ name: 'o', upstream: 'ssh://git@git.internal:2222/r.git', push: [], keyFile: '/k', knownHostsFile: '/kh' }, undefined, { host: 'git.internal', port: 2222, addresses: ['10.20.0.5'] });
+    expect(ssh.GIT_SSH_COMMAND).toContain("HostName='10.20.0.5'");
+    expect(ssh.GIT_SSH_COMMAND).toContain("HostKeyAlias='[git.internal]:2222'");
+    expect(upstreamHostPort('ssh://git@h/r.git')).toEqual({ host: 'h', port: 22 });
+    expect(upstreamHostPort('https://[fd00::1]/r.git')).toEqual({ host: 'fd00::1', port: 443 });
+    expect(upstreamHostPort('http://h:8080/r.git')).toEqual({ host: 'h', port: 8080 });
   });
 });

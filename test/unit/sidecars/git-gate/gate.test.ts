@@ -95,6 +95,8 @@ beforeAll(async () => {
       remotes: [
         { name: 'origin', upstream: `http://127.0.0.1:${upstreamPort}/app.git`, push: ['agent/*'], token_file: join(conf, 'token') },
         { name: 'ro', upstream: `http://127.0.0.1:${upstreamPort}/app.git`, push: [], token_file: join(conf, 'token') },
+        // Private and not opted in: refused before any connection is tried (nothing is sent to it).
+        { name: 'lan', upstream: `http://10.20.0.5:${upstreamPort}/app.git`, push: ['agent/*'], token_file: join(conf, 'token') },
       ],
     }),
   );
@@ -108,6 +110,9 @@ beforeAll(async () => {
       BOTTLE_GIT_GATE_CONFIG: join(conf, 'remotes.json'),
       BOTTLE_GIT_GATE_STATE: join(dir, 'gate'),
       BOTTLE_RUN: 'run-1',
+      BOTTLE_BOTTLE: 'web',
+      // The test's upstream is on 127.0.0.1; every other address is judged as in a bottle.
+      BOTTLE_TEST_DIAL_LOOPBACK: '1',
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -216,5 +221,13 @@ describe('the git gate on loopback', () => {
     expect(sneaky.code).not.toBe(0);
     expect(audit().some((a) => a.remote === 'secret' && a.decision === 'deny')).toBe(true);
     expect(gateOut.stdout + gateOut.stderr).not.toContain(TOKEN);
+  });
+
+  it('refuses an upstream whose address is private and not opted in, naming the class and the key, in the answer and the audit', async () => {
+    const r = await tryGit(dir, ['ls-remote', gateUrl('lan')]);
+    expect(r.code).not.toBe(0);
+    expect(r.out).toContain('10.20.0.5 is a private address (RFC 1918); allow it with bottles.web.private_networks');
+    const line = audit().find((a) => a.remote === 'lan' && a.decision === 'deny');
+    expect(line).toMatchObject({ type: 'fetch', address_class: 'private (RFC 1918)' });
   });
 });
