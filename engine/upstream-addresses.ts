@@ -17,8 +17,16 @@ export type HostResolve = (host: string) => Promise<string[]>;
 
 const LOOKUP_TIMEOUT_MS = 2_000;
 
+/**
+ * Special-use names (RFC 6761: .test, .example, .invalid, .localhost) have no answer in the
+ * public DNS, so asking the host's resolver about them only sends a query out for nothing:
+ * they are left to the sidecar, which resolves them through Docker's DNS and judges them there.
+ */
+const SPECIAL_USE = /(^|\.)(test|example|invalid|localhost)\.?$/i;
+
 /** dns.lookup(all) with a deadline; any failure is "could not judge", never an error. */
 export const hostResolve: HostResolve = async (host) => {
+  if (SPECIAL_USE.test(host)) return [];
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<string[]>((resolve) => {
     timer = setTimeout(() => resolve([]), LOOKUP_TIMEOUT_MS);

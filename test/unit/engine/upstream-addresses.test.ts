@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { BottleError } from '../../../config/errors.js';
 import type { LoadedManifest } from '../../../config/load.js';
 import { validateManifest } from '../../../config/manifest.js';
-import { checkManifestUpstreams, checkProposedUpstream } from '../../../engine/upstream-addresses.js';
+import { checkManifestUpstreams, checkProposedUpstream, hostResolve } from '../../../engine/upstream-addresses.js';
 
 /** Plan time and approval time: the host judges an upstream's name as its sidecar will. */
 
@@ -47,5 +47,11 @@ describe('approval time', () => {
     const err = await checkProposedUpstream('http://172.18.0.1:80', { ...opts, privateNetworks: ['172.18.0.0/16'] }).catch((e: unknown) => e);
     expect((err as BottleError).message).toContain('an address of the Docker host');
     await checkProposedUpstream('http://172.18.0.5:80', { ...opts, privateNetworks: ['172.18.0.0/16'] });
+  });
+});
+
+describe('the host resolver', () => {
+  it('leaves special-use names (RFC 6761) to the sidecar without asking the host DNS', async () => {
+    for (const name of ['api.model.test', 'git.death.test.', 'x.example', 'y.invalid', 'localhost', 'svc.LOCALHOST']) expect(await hostResolve(name)).toEqual([]);
   });
 });
