@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { BottleError } from '../config/errors.js';
 import { zodReason } from '../store/checked-json.js';
 import type { LoadedManifest } from '../config/load.js';
+import { checkRouteToken } from '../config/secrets.js';
 import { NanoIds } from '../effects/local.js';
 import type { BottleInput } from '../machines/bottle.machine.js';
 import { type MailboxCommand, MailboxCommandSchema } from '../machines/commands.js';
@@ -318,6 +319,9 @@ async function handSecretToProxy(ctx: EngineContext, snap: Snapshot, proposalId:
   const name = rest.join(':');
   const ref = kind === 'env' ? { env: name } : { file: resolve(ctx.cwd, name) };
   const value = new HostSecretReader(ctx).read(ref);
+  // The token rule before anything reaches the proxy: a token the egress canary could not
+  // recognise must never be injected upstream.
+  checkRouteToken(value, ref, `for proposal ${proposalId}`, `fix the secret, then approve again: bottle approve ${snap.context.input.identity} ${proposalId} --token-env NAME   (or --token-file PATH)`);
   const backend = await openBackend(ctx);
   await backend.runtime.putFiles(proxy.name, [{ containerPath: approvedTokenPath(proposalId), content: value, mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID }]);
   return secretHash(value);
