@@ -17,7 +17,7 @@ import { readLockOwner } from '../store/lock.js';
 import { postCommand } from '../store/mailbox.js';
 import { commandsDir, eventsFile, lockFile, runDir } from '../store/paths.js';
 import { listRuns, readStateDoc } from '../store/state-doc.js';
-import { clock, HostSecretReader, StoreProposalBoard, stepDeps } from './adapters.js';
+import { clock, HostSecretReader, MachineEventRelay, StoreProposalBoard, stepDeps } from './adapters.js';
 import { openBackend } from './backend.js';
 import type { EngineContext } from './context.js';
 import { LogFold, type Snapshot, runStarted } from './fold.js';
@@ -74,12 +74,14 @@ export function ownerAlive(ctx: EngineContext, identity: string, runId: string):
 export async function hostDeps(ctx: EngineContext, hooks: RunHooks): Promise<HostDeps> {
   const backend = await openBackend(ctx);
   const board = new StoreProposalBoard(ctx.home);
-  const steps = createSteps(stepDeps(ctx, backend, { ...(hooks.io ? { io: hooks.io } : {}), progress: hooks.progress, board }));
+  const events = new MachineEventRelay();
+  const steps = createSteps(stepDeps(ctx, backend, { ...(hooks.io ? { io: hooks.io } : {}), progress: hooks.progress, board, events }));
   const fault = faultFromEnv(ctx.env);
   return {
     home: ctx.home,
     steps,
     clock,
+    events,
     onSnapshot: (snap: Snapshot) => board.follow(snap),
     report: hooks.say,
     ...(fault ? { fault } : {}),
