@@ -171,7 +171,7 @@ describe('a rotated token that breaks the token rule', () => {
 });
 
 describe('what the canary knows survives the owner', () => {
-  it('rotate, the owner dies, resume, rotate again: the first rotated-away token is still in the hashes file', async () => {
+  it('rotate twice, the owner dies, resume, rotate again: the first rotated-away token is still in the hashes file', async () => {
     const ctx = fakeContext();
     const token = join(ctx.home, 'api-token');
     writeFileSync(token, 'api-token-one-123456\n');
@@ -186,25 +186,29 @@ describe('what the canary knows survives the owner', () => {
     rotateTo(token, 'api-token-two-654321\n');
     await until(() => proxyToken() === 'api-token-two-654321', 'the first rotation in the proxy');
     expect(hashes()).toContain(secretHash('api-token-two-654321'));
+    // Rotated away again: from here on only the log remembers api-token-two.
+    rotateTo(token, 'api-token-three-777777\n');
+    await until(() => proxyToken() === 'api-token-three-777777', 'the second rotation in the proxy');
     // The process "dies" (SIGKILL-like: nothing more recorded, the lock given up).
     first.detach();
 
     // A new owner process: fresh steps, fresh board, nothing in memory but the log.
     const resumed = RunHost.resume(await fakeHostDeps(ctx, { onState: (s) => (state = s) }), input.identity, input.runId);
     await until(() => state === 'running', 'running after resume');
-    rotateTo(token, 'api-token-three-777777\n');
-    await until(() => proxyToken() === 'api-token-three-777777', 'the second rotation in the proxy');
-    await until(() => hashes().includes(secretHash('api-token-three-777777')), 'the second rotation known to the canary');
+    rotateTo(token, 'api-token-four-888888\n');
+    await until(() => proxyToken() === 'api-token-four-888888', 'the third rotation in the proxy');
+    await until(() => hashes().includes(secretHash('api-token-four-888888')), 'the third rotation known to the canary');
     // api-token-two was rotated away under the dead owner: still a secret, still known.
     expect(hashes()).toContain(secretHash('api-token-two-654321'));
+    expect(hashes()).toContain(secretHash('api-token-three-777777'));
     expect(hashes()).toContain(secretHash('api-token-one-123456'));
 
     const file = eventsFile(ctx.home, input.identity, input.runId);
     const learned = EventLog.read(file).flatMap((r) => (r.kind === 'event' && r.event.type === 'canary.learned' ? r.event.hashes : []));
-    expect(learned).toEqual([secretHash('api-token-one-123456'), secretHash('api-token-two-654321'), secretHash('api-token-three-777777')]);
+    expect(learned).toEqual([secretHash('api-token-one-123456'), secretHash('api-token-two-654321'), secretHash('api-token-three-777777'), secretHash('api-token-four-888888')]);
     // Hashes only: no token value in the log.
     const text = readFileSync(file, 'utf8');
-    for (const t of ['api-token-one-123456', 'api-token-two-654321', 'api-token-three-777777']) expect(text).not.toContain(t);
+    for (const t of ['api-token-one-123456', 'api-token-two-654321', 'api-token-three-777777', 'api-token-four-888888']) expect(text).not.toContain(t);
 
     postCommand(commandsDir(ctx.home, input.identity, input.runId), { id: 's1', type: 'stop' });
     expect((await resumed.done).state).toBe('done');
