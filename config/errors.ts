@@ -9,6 +9,7 @@ export const ERROR_CODES = [
   'MANIFEST_INVALID',
   'MANIFEST_NOT_FOUND',
   'SECRET_UNREADABLE',
+  'SECRET_INVALID',
   'USAGE',
   'AGENT_UNKNOWN',
   'CONTAINER_EXISTS',
@@ -48,7 +49,7 @@ export interface ErrorData {
 export class BottleError extends Error {
   readonly code: ErrorCode;
   readonly hint: string | undefined;
-  /** Exit status the CLI uses: 2 for usage and manifest problems, 1 otherwise. */
+  /** Exit status the CLI uses: 2 for usage and manifest problems (a secret of the wrong shape among them), 1 otherwise. */
   readonly exitCode: number;
 
   constructor(code: ErrorCode, message: string, hint?: string, exitCode?: number) {
@@ -56,7 +57,7 @@ export class BottleError extends Error {
     this.name = 'BottleError';
     this.code = code;
     this.hint = hint;
-    this.exitCode = exitCode ?? (code === 'MANIFEST_INVALID' || code === 'USAGE' || code === 'MANIFEST_NOT_FOUND' || code === 'AGENT_UNKNOWN' ? 2 : 1);
+    this.exitCode = exitCode ?? (code === 'MANIFEST_INVALID' || code === 'USAGE' || code === 'SECRET_INVALID' || code === 'MANIFEST_NOT_FOUND' || code === 'AGENT_UNKNOWN' ? 2 : 1);
   }
 
   toData(): ErrorData {

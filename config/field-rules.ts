@@ -144,16 +144,6 @@ export function routePathProblem(path: string): string | undefined {
   return undefined;
 }
 
-/**
- * A route token the cred-proxy can inject and redact: printable ASCII without spaces, at least
- * 8 characters (a shorter "token" would make redaction cut ordinary text).
- */
-export function routeTokenProblem(token: string): string | undefined {
-  if (token.length < 8) return 'is shorter than 8 characters';
-  if (!/^[\x21-\x7e]+$/.test(token)) return 'must be printable ASCII without spaces';
-  return undefined;
-}
-
 /** Paths that route to the same prefix compare equal: `/a` and `/a/` are one route. */
 export function routePathKey(path: string): string {
   return path.length > 1 ? path.replace(/\/$/, '') : path;

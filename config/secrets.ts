@@ -7,8 +7,8 @@
 import { readFileSync, statSync } from 'node:fs';
 import { BottleError } from './errors.js';
 import { describeFsError, resolveManifestPath } from './files.js';
-import { routeTokenProblem } from './field-rules.js';
 import { formatPath, type Manifest, type ManifestIssue, type SecretRef } from './manifest.js';
+import { tokenProblem } from './token-rule.js';
 
 /** A CA bundle ref (`{ file }`) is read the same way as a secret. */
 export type FileRef = { file: string };
@@ -62,6 +62,17 @@ export function readSecret(ref: SecretRef | FileRef, ctx: SecretContext): string
   return value;
 }
 
+/**
+ * Refuses a route token that breaks the token rule (config/token-rule.ts) with SECRET_INVALID,
+ * naming the ref (and `what` it is for), never the value. The host calls it wherever a route
+ * secret enters after the manifest was loaded: a rotated token file, a secret named on
+ * `bottle approve`.
+ */
+export function checkRouteToken(value: string, ref: SecretRef | FileRef, what: string, hint: string): void {
+  const problem = tokenProblem(value);
+  if (problem !== undefined) throw new BottleError('SECRET_INVALID', `the secret ${describeRef(ref)} (${what}) ${problem}`, hint);
+}
+
 function unreadable(message: string, hint: string): BottleError {
   return new BottleError('SECRET_UNREADABLE', message, hint);
 }
@@ -102,7 +113,7 @@ export function checkSecrets(manifest: Manifest, ctx: SecretContext): ManifestIs
     try {
       const value = readSecret(ref, ctx);
       // Only the shape is reported, never the value.
-      const problem = /\.cred_proxy\.routes\[\d+\]\.token$/.test(path) ? routeTokenProblem(value) : undefined;
+      const problem = /\.cred_proxy\.routes\[\d+\]\.token$/.test(path) ? tokenProblem(value) : undefined;
       if (problem) issues.push({ path, message: `the token of ${describeRef(ref)} ${problem}` });
     } catch (err) {
       if (!(err instanceof BottleError)) throw err;

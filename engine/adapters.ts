@@ -4,13 +4,14 @@ import { join } from 'node:path';
 import { BottleError } from '../config/errors.js';
 import { readSecret } from '../config/secrets.js';
 import { FsStager, NodeHostFiles, ProcessHostEnv, SystemClock } from '../effects/local.js';
-import { currentAllowlist, type Proposal } from '../machines/bottle.machine.js';
+import { type BottleEvent, currentAllowlist, type Proposal } from '../machines/bottle.machine.js';
 import type {
   AgentIO,
   AuditSink,
   BottlePaths,
   BuildProgress,
   IncomingProposal,
+  MachineEvents,
   ProposalBoard,
   RunRegistry,
   SecretReader,
@@ -98,7 +99,7 @@ export class HostSecretReader implements SecretReader {
  * view follows the machine's snapshots in this process.
  */
 export class StoreProposalBoard implements ProposalBoard {
-  private latest: { proposals: Proposal[]; allowlist: string[] } | null = null;
+  private latest: { proposals: Proposal[]; allowlist: string[]; canaryHashes: string[] } | null = null;
   private readonly listeners = new Set<() => void>();
   constructor(private readonly home: string) {}
 
@@ -106,7 +107,11 @@ export class StoreProposalBoard implements ProposalBoard {
     const plan = snapshot.context.plan;
     if (!plan) return;
     const changed = this.latest?.proposals !== snapshot.context.proposals;
-    this.latest = { proposals: snapshot.context.proposals, allowlist: currentAllowlist(plan, snapshot.context.proposals) };
+    this.latest = {
+      proposals: snapshot.context.proposals,
+      allowlist: currentAllowlist(plan, snapshot.context.proposals),
+      canaryHashes: snapshot.context.canaryHashes ?? [],
+    };
     if (changed) for (const listener of this.listeners) listener();
   }
 
@@ -126,7 +131,29 @@ export class StoreProposalBoard implements ProposalBoard {
   }
 }
 
-export function stepDeps(ctx: EngineContext, backend: Backend, opts: { io?: AgentIO; progress: BuildProgress; board?: ProposalBoard }): StepDeps {
+/**
+ * The steps' way to send the machine an event: bound to the run host once it exists (the
+ * steps are built before it), so the event is written ahead in the log like any other. An
+ * event sent while no host is bound (or after this process stopped owning the run) is not
+ * delivered, and says so: the caller must not act as if the machine had it.
+ */
+export class MachineEventRelay implements MachineEvents {
+  private target: ((event: BottleEvent) => boolean) | null = null;
+  bind(send: (event: BottleEvent) => boolean): void {
+    this.target = send;
+  }
+  send(event: BottleEvent): void {
+    if (!this.target?.(event)) {
+      throw new BottleError('INTERNAL', `the run's machine did not take the event ${event.type} (this process no longer owns the run)`);
+    }
+  }
+}
+
+export function stepDeps(
+  ctx: EngineContext,
+  backend: Backend,
+  opts: { io?: AgentIO; progress: BuildProgress; board?: ProposalBoard; events?: MachineEvents },
+): StepDeps {
   return {
     runtime: backend.runtime,
     audit: new FileAuditSink(ctx.home),
@@ -141,6 +168,7 @@ export function stepDeps(ctx: EngineContext, backend: Backend, opts: { io?: Agen
     progress: opts.progress,
     ...(opts.io ? { io: opts.io } : {}),
     ...(opts.board ? { board: opts.board } : {}),
+    ...(opts.events ? { events: opts.events } : {}),
   };
 }
 

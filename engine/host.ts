@@ -48,6 +48,8 @@ export interface HostDeps {
   report?: (line: string) => void;
   /** A snapshot record every this many events (resume folds only the tail). */
   snapshotEvery?: number;
+  /** Bound to this host's send() when the machine starts: the steps' way to send it events. */
+  events?: { bind(send: (event: BottleEvent) => boolean): void };
 }
 
 export interface RunResult {
@@ -135,9 +137,15 @@ export class RunHost {
     }
   }
 
-  /** Sends a command event through the log, as the mailbox does. */
-  send(event: BottleEvent): void {
-    this.actor?.send(event);
+  /**
+   * Sends an event through the log (written ahead, as the mailbox's are). False when this
+   * process no longer drives the run (detached, handed over) or the run has ended: nothing
+   * was recorded.
+   */
+  send(event: BottleEvent): boolean {
+    if (this.closed || !this.actor || this.actor.getSnapshot().status !== 'active') return false;
+    this.actor.send(event);
+    return true;
   }
 
   private append(rec: NewRecord): LogRecord | null {
@@ -232,6 +240,7 @@ export class RunHost {
       },
     });
     this.actor = actor;
+    this.deps.events?.bind((event) => this.send(event));
     actor.subscribe({
       next: (snap) => this.onSnapshot(snap as Snapshot),
       error: (err) => this.finish(err),

@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import { BottleError } from '../config/errors.js';
 import { zodReason } from '../store/checked-json.js';
 import type { LoadedManifest } from '../config/load.js';
+import { checkRouteToken } from '../config/secrets.js';
 import { NanoIds } from '../effects/local.js';
 import type { BottleInput } from '../machines/bottle.machine.js';
 import { type MailboxCommand, MailboxCommandSchema } from '../machines/commands.js';
@@ -18,7 +19,7 @@ import { acquireRunLock, readLockOwner } from '../store/lock.js';
 import { postCommand } from '../store/mailbox.js';
 import { commandsDir, eventsFile, launchLockFile, lockFile, runDir } from '../store/paths.js';
 import { listRuns, readStateDoc } from '../store/state-doc.js';
-import { clock, HostSecretReader, StoreProposalBoard, stepDeps } from './adapters.js';
+import { clock, HostSecretReader, MachineEventRelay, StoreProposalBoard, stepDeps } from './adapters.js';
 import { openBackend } from './backend.js';
 import type { EngineContext } from './context.js';
 import { LogFold, type Snapshot, runStarted } from './fold.js';
@@ -76,12 +77,14 @@ export function ownerAlive(ctx: EngineContext, identity: string, runId: string):
 export async function hostDeps(ctx: EngineContext, hooks: RunHooks): Promise<HostDeps> {
   const backend = await openBackend(ctx);
   const board = new StoreProposalBoard(ctx.home);
-  const steps = createSteps(stepDeps(ctx, backend, { ...(hooks.io ? { io: hooks.io } : {}), progress: hooks.progress, board }));
+  const events = new MachineEventRelay();
+  const steps = createSteps(stepDeps(ctx, backend, { ...(hooks.io ? { io: hooks.io } : {}), progress: hooks.progress, board, events }));
   const fault = faultFromEnv(ctx.env);
   return {
     home: ctx.home,
     steps,
     clock,
+    events,
     onSnapshot: (snap: Snapshot) => board.follow(snap),
     report: hooks.say,
     ...(fault ? { fault } : {}),
@@ -350,6 +353,9 @@ async function handSecretToProxy(ctx: EngineContext, snap: Snapshot, proposalId:
   const name = rest.join(':');
   const ref = kind === 'env' ? { env: name } : { file: resolve(ctx.cwd, name) };
   const value = new HostSecretReader(ctx).read(ref);
+  // The token rule before anything reaches the proxy: a token the egress canary could not
+  // recognise must never be injected upstream.
+  checkRouteToken(value, ref, `for proposal ${proposalId}`, `fix the secret, then approve again: bottle approve ${snap.context.input.identity} ${proposalId} --token-env NAME   (or --token-file PATH)`);
   const backend = await openBackend(ctx);
   await backend.runtime.putFiles(proxy.name, [{ containerPath: approvedTokenPath(proposalId), content: value, mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID }]);
   return secretHash(value);

@@ -62,6 +62,13 @@ export interface BottleContext {
   outputBytes: number;
   /** Gateways of the bottle's networks: the egress proxy never dials them. */
   gateways: string[];
+  /**
+   * `<length>:<sha256>` of every route token the egress canary learned while the bottle ran
+   * (the tokens in force when the agent started, each rotated one; never a value), in the
+   * order learned. What the canary must keep knowing lives here, so snapshots and resume
+   * carry it: a token rotated away stays a secret after the owner is gone.
+   */
+  canaryHashes: string[];
 }
 
 /** An effect's failure as plain data; `created` lists what it made before failing. */
@@ -79,7 +86,15 @@ export type BottleEvent =
   | { type: 'proposal.approve'; commandId: string; id: string; by: string; secretRef?: string; secretHash?: string; at: number }
   | { type: 'proposal.deny'; commandId: string; id: string; by: string; reason?: string; at: number }
   /** The agent wrote this many bytes of output (the log of the run keeps their volume). */
-  | { type: 'agent.output'; bytes: number };
+  | { type: 'agent.output'; bytes: number }
+  /** The egress canary was given these token hashes (`<length>:<sha256>`, never a value). */
+  | { type: 'canary.learned'; hashes: string[] }
+  /**
+   * A secret that entered while the bottle ran (a rotated token file) broke the token rule and
+   * was refused: the ref, what it is for and the rule's words, never the value. Recorded for
+   * the audit; it changes nothing the machine decides.
+   */
+  | { type: 'secret.refused'; ref: string; use: string; problem: string };
 
 export interface ResolveOutput {
   existingContainers: string[];
@@ -135,6 +150,9 @@ function tryPlan(input: BottleInput, world: ResolveOutput): { plan: BottlePlan }
     return { error: asStepError(err) };
   }
 }
+
+/** A token's `<length>:<sha256 hex>`, the only form a secret takes in the context. */
+const SECRET_HASH = /^[1-9][0-9]{0,5}:[0-9a-f]{64}$/;
 
 const pending = (ps: Proposal[]) => ps.filter((p) => p.status === 'pending' || p.status === 'applying');
 
@@ -283,6 +301,13 @@ export const bottleMachine = setup({
     recordIgnoredCommand: assign(({ context, event }) => ({
       commandsSeen: 'commandId' in event && !context.commandsSeen.includes(event.commandId) ? [...context.commandsSeen, event.commandId] : context.commandsSeen,
     })),
+    recordCanaryHashes: assign(({ context, event }) => {
+      if (event.type !== 'canary.learned') return {};
+      const known = new Set(context.canaryHashes);
+      // Only the hash form is kept: anything else in the event is dropped, never folded in.
+      const fresh = (Array.isArray(event.hashes) ? event.hashes : []).filter((h) => typeof h === 'string' && SECRET_HASH.test(h) && !known.has(h) && known.add(h));
+      return fresh.length > 0 ? { canaryHashes: [...context.canaryHashes, ...fresh] } : {};
+    }),
     recordOutput: assign({
       outputBytes: ({ context, event }) => context.outputBytes + (event.type === 'agent.output' ? event.bytes : 0),
     }),
@@ -309,11 +334,14 @@ export const bottleMachine = setup({
     orphans: [],
     outputBytes: 0,
     gateways: [],
+    canaryHashes: [],
   }),
   on: {
     // A stop before the agent runs is remembered and honoured once the current step has
     // finished, so no step is cut off halfway with resources the context does not list.
     'command.stop': { guard: 'isNewCommand', actions: 'recordStop' },
+    // In any state: the step that learned them may be cut off by a transition right after.
+    'canary.learned': { actions: 'recordCanaryHashes' },
   },
   states: {
     resolving: {

@@ -273,10 +273,22 @@ export interface IncomingProposal {
 export interface ProposalBoard {
   /** Queues a proposal for the run's owner; the same id twice is one proposal. */
   submit(identity: string, runId: string, proposal: IncomingProposal): Promise<void>;
-  /** The proposals and the allowlist in force as the run's machine has them now; null before it has any. */
-  view(): { proposals: import('./bottle.machine.js').Proposal[]; allowlist: string[] } | null;
+  /**
+   * The proposals, the allowlist in force and the token hashes the egress canary learned, as
+   * the run's machine has them now; null before it has a plan.
+   */
+  view(): { proposals: import('./bottle.machine.js').Proposal[]; allowlist: string[]; canaryHashes: string[] } | null;
   /** Calls back when the view's proposals change (a decision, an apply); returns a stop function. */
   onChange?(listener: () => void): () => void;
+}
+
+/**
+ * How a step tells the run's machine a fact it learned while it runs (the egress canary was
+ * given a token's hash): the event goes through the run host, so it is written to the log
+ * before the machine folds it, like every other event. It carries hashes, never values.
+ */
+export interface MachineEvents {
+  send(event: import('./bottle.machine.js').BottleEvent): void;
 }
 
 /** Where sidecars' audit lines end up on the host (bottles/<identity>/audit/<source>.jsonl). */

@@ -89,20 +89,22 @@ export async function applyRoute(deps: StepDeps, plan: BottlePlan, proposal: Pro
   if (!token) {
     throw new BottleError('SECRET_UNREADABLE', `the secret for proposal ${proposal.id} did not reach ${proxy.name}`, `approve it again: bottle approve ${plan.identity} ${proposal.id} --token-env NAME`);
   }
-  const routes = [
-    ...plan.routes.map((r, i) => ({ path: r.path, upstream: r.upstream, inject: r.inject, roles: r.roles, token_file: credTokenPath(i), ...(r.ca ? { ca_file: credCaPath(i) } : {}) })),
-    ...approvedRoutes(proposals).map((p) => ({ ...routeOf(p), token_file: approvedTokenPath(p.id) })),
-  ];
+  const { routes, file } = credRoutesFile(plan, proposals);
   const taken = new Set<string>();
   for (const r of routes) {
     if (taken.has(r.path)) throw new BottleError('USAGE', `proposal ${proposal.id}: the cred-proxy already has a route at ${r.path}`, 'deny it and ask for another path');
     taken.add(r.path);
   }
-  await deps.runtime.putFiles(
-    proxy.name,
-    [{ containerPath: CRED_ROUTES_PATH, content: `${JSON.stringify({ routes }, null, 2)}\n`, mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID }],
-    signal,
-  );
+  await deps.runtime.putFiles(proxy.name, [file], signal);
+}
+
+/** The cred-proxy's routes.json for the manifest's routes and the approved ones (no secrets: paths to token files). */
+export function credRoutesFile(plan: BottlePlan, proposals: Proposal[]) {
+  const routes = [
+    ...plan.routes.map((r, i) => ({ path: r.path, upstream: r.upstream, inject: r.inject, roles: r.roles, token_file: credTokenPath(i), ...(r.ca ? { ca_file: credCaPath(i) } : {}) })),
+    ...approvedRoutes(proposals).map((p) => ({ ...routeOf(p), token_file: approvedTokenPath(p.id) })),
+  ];
+  return { routes, file: { containerPath: CRED_ROUTES_PATH, content: `${JSON.stringify({ routes }, null, 2)}\n`, mode: 0o600, uid: SIDECAR_UID, gid: SIDECAR_UID } };
 }
 
 /**

@@ -11,6 +11,7 @@ import type {
   HostEnv,
   HostFiles,
   ImageProvider,
+  MachineEvents,
   ProposalBoard,
   RunRegistry,
   SecretReader,
@@ -37,6 +38,8 @@ export interface StepDeps {
   io?: AgentIO;
   /** Where proposals from the supervise sidecar go, and the machine's view of them comes from. */
   board?: ProposalBoard;
+  /** Facts a step learned while it runs, sent to the machine through the log (canary.learned). */
+  events?: MachineEvents;
   /** How long sidecars get to become ready. */
   sidecarDeadlineMs?: number;
 }

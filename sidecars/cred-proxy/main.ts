@@ -8,6 +8,7 @@ import { parseRoutes, type Route } from './routes.js';
 import { TokenStore } from './tokens.js';
 import { addressPolicyFromEnv } from '../common/address-policy.js';
 import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
+import { tokenProblem } from '../../config/token-rule.js';
 
 /**
  * The cred-proxy sidecar: owns every real API token of the bottle. The agent calls
@@ -58,7 +59,7 @@ const die = dieAs('cred-proxy');
 const port = sidecarPort(env, '9099', die);
 const routesPath = env.BOTTLE_CRED_ROUTES || '/run/bottle/cred-proxy/routes.json';
 const placeholder = env.BOTTLE_CRED_PLACEHOLDER || undefined;
-if (placeholder !== undefined && (placeholder.length < 8 || !/^[\x21-\x7e]+$/.test(placeholder))) {
+if (placeholder !== undefined && tokenProblem(placeholder) !== undefined) {
   die('BOTTLE_CRED_PLACEHOLDER must be at least 8 printable characters without spaces', 2);
 }
 const run = env.BOTTLE_RUN || undefined;

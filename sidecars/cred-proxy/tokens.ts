@@ -1,19 +1,21 @@
 import { createHash } from 'node:crypto';
 import { type FSWatcher, readFileSync, watch } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
+import { TOKEN_MIN_LENGTH, tokenProblem } from '../../config/token-rule.js';
 
 /**
  * The routes' secrets, each read from its own file and re-read when the file changes, so a
  * token rotated on the host is used by the next request without a restart.
  *
- * A token file holds one secret; trailing CR/LF are trimmed. It must be printable ASCII
- * (it goes into a header; a CR or LF would split the request) and at least MIN_TOKEN_LENGTH
- * long (every copy of it in a response is redacted, which for a tiny string would mangle
- * ordinary text). Nothing here ever prints a token: messages name the file, and a token is
+ * A token file holds one secret; trailing CR/LF are trimmed. What is left must pass the one
+ * token rule (config/token-rule.ts), the host's and the egress canary's too: printable ASCII
+ * without spaces, 8 to 8192 characters. A token the canary could not recognise (one with a
+ * space or a tab inside) is refused here like a missing one: its route answers 503, it is
+ * never injected. Nothing here ever prints a token: messages name the file, and a token is
  * shown, at most, as its fingerprint.
  */
 
-export const MIN_TOKEN_LENGTH = 8;
+export const MIN_TOKEN_LENGTH = TOKEN_MIN_LENGTH;
 
 /** The first 8 hex digits of sha256(token): enough to tell tokens apart in the audit, useless to an attacker. */
 export function fingerprint(token: string): string {
@@ -24,9 +26,8 @@ export function fingerprint(token: string): string {
 export function parseToken(text: string): { ok: true; token: string } | { ok: false; message: string } {
   const token = text.replace(/[\r\n]+$/, '');
   if (token === '') return { ok: false, message: 'the file is empty' };
-  if (!/^[\x20-\x7e]+$/.test(token)) return { ok: false, message: 'the token contains line breaks, control or non-ASCII characters' };
-  if (token.length < MIN_TOKEN_LENGTH) return { ok: false, message: `the token is shorter than ${MIN_TOKEN_LENGTH} characters` };
-  return { ok: true, token };
+  const problem = tokenProblem(token);
+  return problem === undefined ? { ok: true, token } : { ok: false, message: `the token ${problem}` };
 }
 
 /** Why a token file cannot be used: the error's code and a message that names the file, not its content. */

@@ -1,4 +1,5 @@
 import * as crypto from 'node:crypto';
+import { isTokenByte, TOKEN_MAX_LENGTH, TOKEN_MIN_LENGTH } from '../../config/token-rule.js';
 
 /**
  * The canary: credentials the egress proxy refuses to let out in a request it can read.
@@ -8,8 +9,10 @@ import * as crypto from 'node:crypto';
  *   for as a plain substring.
  * - Real tokens are known only as `<length>:<sha256 hex>` (BOTTLE_EGRESS_SECRET_HASHES), so the
  *   sidecar never holds one but can still recognise one: every window of that many bytes that
- *   could be the token is hashed and looked up. The manifest guarantees a token is 8+ printable
- *   ASCII characters without spaces (0x21..0x7e), so a token in a request is a substring of a
+ *   could be the token is hashed and looked up. The one token rule (config/token-rule.ts),
+ *   checked by the host at load, rotation and approval and by the cred-proxy when it loads a
+ *   token, guarantees a token is 8 to 8192 printable ASCII characters without spaces
+ *   (0x21..0x7e, isTokenByte), so a token in a request is a substring of a
  *   maximal run of such bytes; the windows checked are every L-byte window inside every run of
  *   length >= L, for each distinct length L in the list. That is exact (no token occurrence of
  *   that shape is missed, whatever is around it) and costs one SHA-256 of L bytes per byte of
@@ -48,9 +51,9 @@ export interface SecretsConfig {
   hashes?: readonly SecretHash[];
 }
 
-export const MIN_SECRET_LENGTH = 8;
+export const MIN_SECRET_LENGTH = TOKEN_MIN_LENGTH;
 /** A token longer than this is not accepted in the hash list (the proxy holds back up to this many bytes of a body). */
-export const MAX_SECRET_LENGTH = 8192;
+export const MAX_SECRET_LENGTH = TOKEN_MAX_LENGTH;
 
 type Parsed<T> = { ok: true; value: T } | { ok: false; message: string };
 
@@ -101,8 +104,8 @@ const sha256Hex: (data: Uint8Array) => string = oneShot
   ? (data) => oneShot('sha256', data, 'hex')
   : (data) => crypto.createHash('sha256').update(data).digest('hex');
 
-/** A byte a token can contain: printable ASCII other than space. */
-const tokenByte = (b: number) => b > 0x20 && b < 0x7f;
+/** A byte a token can contain: the token rule's, printable ASCII other than space. */
+const tokenByte = isTokenByte;
 
 export interface BodyScan {
   /**

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { validateManifest, type Manifest } from '../../config/manifest.js';
 import { RunHost } from '../../engine/host.js';
 import { openBackend } from '../../engine/backend.js';
-import { StoreProposalBoard, stepDeps } from '../../engine/adapters.js';
+import { MachineEventRelay, StoreProposalBoard, stepDeps } from '../../engine/adapters.js';
 import type { EngineContext } from '../../engine/context.js';
 import type { Snapshot } from '../../engine/fold.js';
 import { bottleIdentity } from '../../machines/names.js';
@@ -51,6 +51,8 @@ export interface FakeRunOpts {
   fail?: FakeFailure[];
   imagesFail?: boolean;
   applyFail?: string[];
+  /** The steps' progress lines (rotations, proposals). */
+  progress?: (line: string) => void;
 }
 
 export async function fakeHostDeps(ctx: EngineContext, opts: FakeRunOpts = {}) {
@@ -61,10 +63,12 @@ export async function fakeHostDeps(ctx: EngineContext, opts: FakeRunOpts = {}) {
   if (opts.applyFail) backend.capabilities = new FakeCapabilities(counts, opts.applyFail);
   // Wired as the CLI wires it: the proposal board follows the machine's snapshots.
   const board = new StoreProposalBoard(ctx.home);
-  const steps = createSteps(stepDeps(ctx, backend, { progress: () => undefined, board }));
+  const events = new MachineEventRelay();
+  const steps = createSteps(stepDeps(ctx, backend, { progress: opts.progress ?? (() => undefined), board, events }));
   return {
     home: ctx.home,
     steps,
+    events,
     clock: { now: () => Date.now() },
     onSnapshot: (snap: Snapshot) => board.follow(snap),
     ...(opts.onState ? { onState: opts.onState } : {}),

@@ -173,6 +173,11 @@ describe('loadManifest', () => {
     const short = (await rejection(loadManifest(file, { env: { ANTHROPIC_API_KEY: 'k1' }, homeDir: join(root, 'home'), checkSecrets: true }))) as ManifestInvalidError;
     expect(short.issues).toEqual([{ path: 'bottles.web.cred_proxy.routes[0].token', message: expect.stringContaining('shorter than 8 characters') }]);
     expect(short.message).not.toContain('k1');
+    for (const spaced of ['sk-test 0123456789', 'sk-test\t0123456789']) {
+      const bad = (await rejection(loadManifest(file, { env: { ANTHROPIC_API_KEY: spaced }, homeDir: join(root, 'home'), checkSecrets: true }))) as ManifestInvalidError;
+      expect(bad.issues).toEqual([{ path: 'bottles.web.cred_proxy.routes[0].token', message: expect.stringContaining('whitespace') }]);
+      expect(bad.message).not.toContain('0123456789');
+    }
   });
 
   it('throws MANIFEST_NOT_FOUND for a file that cannot be read', async () => {

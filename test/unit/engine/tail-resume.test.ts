@@ -41,9 +41,10 @@ describe('resume from a snapshot record', () => {
     postCommand(dir, { id: 's1', type: 'stop' });
     expect((await resumed.done).state).toBe('done');
 
-    // Four approvals, four allowlist updates of the egress sidecar: none lost, none repeated.
+    // Four approvals, four allowlist updates of the egress sidecar (none lost, none repeated),
+    // and one more on resume: the new owner puts back the allowlist in force from the context.
     const puts = FakeRuntime.read(worldFile(ctx)).ops.filter((o) => o === 'putFiles bottle-coder-egress');
-    expect(puts).toHaveLength(4);
+    expect(puts).toHaveLength(5);
     const records = EventLog.read(file);
     const keys = records.filter((r) => r.kind === 'effect.intent' && r.step === 'applyProposal').map((r) => (r.kind === 'effect.intent' ? r.key : ''));
     expect(new Set(keys).size).toBe(4);

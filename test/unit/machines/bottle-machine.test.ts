@@ -183,6 +183,7 @@ describe('bottle machine: scripted runs', () => {
       orphans: [],
       outputBytes: 123,
       gateways: ['172.30.0.1', '172.31.0.1'],
+      canaryHashes: [],
     });
   });
 

@@ -288,6 +288,27 @@ describe('tokens', () => {
   });
 });
 
+describe('the token rule', () => {
+  it('a token file rotated to a token with a space or a tab inside is refused like a missing one: 503, never injected', async () => {
+    const { model, port, tokenFiles } = await modelSetup();
+    expect((await request(port, '/anthropic/v1/messages')).status).toBe(200);
+    for (const bad of ['sk-ant-rotated fedcba9876543210', 'sk-ant-rotated\tfedcba9876543210']) {
+      replaceFile(tokenFiles[0]!, `${bad}\n`);
+      await until(async () => (await request(port, '/healthz')).status === 503, 'health to fail', 3000);
+      const health = await request(port, '/healthz');
+      expect(health.body).toContain('whitespace');
+      expect(health.body).not.toContain('fedcba9876543210');
+      const before = model.requests.length;
+      const refused = await request(port, '/anthropic/v1/messages');
+      expect(refused.status).toBe(503);
+      expect(model.requests).toHaveLength(before);
+      replaceFile(tokenFiles[0]!, ROTATED);
+      await until(async () => (await request(port, '/healthz')).status === 200, 'health to recover', 3000);
+    }
+    for (const r of model.requests) expect([`Bearer ${TOKEN}`, `Bearer ${ROTATED}`]).toContain(r.headers.authorization);
+  });
+});
+
 describe('redaction', () => {
   it('redacts a token the upstream echoes in its body, a header and its status text, also when split across chunks', async () => {
     const half = Math.floor(TOKEN.length / 2);

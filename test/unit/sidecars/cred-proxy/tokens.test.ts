@@ -14,14 +14,21 @@ describe('parseToken', () => {
   it('trims the trailing newline and nothing else', () => {
     expect(parseToken('sk-ant-0123456789\n')).toEqual({ ok: true, token: 'sk-ant-0123456789' });
     expect(parseToken('sk-ant-0123456789\r\n')).toEqual({ ok: true, token: 'sk-ant-0123456789' });
-    expect(parseToken(' padded token 123 ')).toEqual({ ok: true, token: ' padded token 123 ' });
+  });
+
+  it('refuses a token with whitespace inside: the egress canary could not see it in a request', () => {
+    for (const text of [' padded token 123 ', 'sk-ant-0123\t456789', 'sk-ant-01234\n56789\n']) {
+      const r = parseToken(text);
+      expect(r.ok, JSON.stringify(text)).toBe(false);
+      if (!r.ok) expect(r.message).toContain('whitespace');
+    }
   });
 
   it('refuses what cannot go into a header, or is too short to redact safely, without quoting it', () => {
     for (const [text, why] of [
       ['', 'empty'],
       ['\n', 'empty'],
-      ['abc\ndefghijk', 'line breaks'],
+      ['abc\ndefghijk', 'line break'],
       ['abcdefghijk\u0000', 'control'],
       ['tökenvalue123', 'non-ASCII'],
       ['tiny12', 'shorter than 8'],
