@@ -70,6 +70,8 @@ export class RunHost {
   private readonly journal: Journal = new Map();
   private outcomes = new Map<string, number>();
   private readonly commandIds = new Set<string>();
+  /** Events per type in the log as this process has it (the event failpoint counts them: engine/test-hooks). */
+  private readonly eventsOfType = new Map<string, number>();
   private eventCount: number;
   private lastSnapshotAt: number;
   private lastState = '';
@@ -166,6 +168,7 @@ export class RunHost {
     else if (r.kind === 'command') this.commandIds.add(r.id);
     else if (r.kind === 'snapshot' && r.outcomes) this.outcomes = new Map(Object.entries(r.outcomes));
     else if (r.kind === 'event') {
+      this.eventsOfType.set(r.event.type, (this.eventsOfType.get(r.event.type) ?? 0) + 1);
       const m = /^xstate\.(?:done|error)\.actor\.(.+)$/.exec(r.event.type);
       if (m) this.countOutcome(m[1]!);
     }
@@ -237,6 +240,7 @@ export class RunHost {
         if (event.type === 'xstate.init' || event.type === 'xstate.stop') return;
         this.append({ kind: 'event', event: JSON.parse(JSON.stringify(event)) });
         this.eventCount++;
+        if (this.deps.fault?.when === 'event') crashIfAsked(this.deps.fault, 'event', event.type, this.eventsOfType.get(event.type) ?? 0);
       },
     });
     this.actor = actor;

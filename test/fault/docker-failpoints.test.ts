@@ -1,15 +1,16 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { replayFile } from '../../engine/replay.js';
 import { STEP_IDS } from '../../machines/bottle.machine.js';
-import { DOCKERFILE_TEMPLATE } from '../../machines/specs.js';
+import { credTokenPath, DOCKERFILE_TEMPLATE, EGRESS_HASHES_PATH, secretHash } from '../../machines/specs.js';
+import { EventLog } from '../../store/event-log.js';
 import { eventsFile } from '../../store/paths.js';
 import { listRuns } from '../../store/state-doc.js';
-import { ensureBuilt } from '../support/cli.js';
-import { docker } from '../support/docker.js';
+import { bottle, ensureBuilt } from '../support/cli.js';
+import { docker, execIn } from '../support/docker.js';
 import { ensureTestImages } from '../support/images.js';
 import { agentName, bottleFolder, cli, finishBottleSuite, type SecBottle, track } from '../support/security.js';
 
@@ -43,6 +44,8 @@ if [ -f /workspace/propose ] && [ ! -f /workspace/proposed ]; then
   echo "proposed $id"
   wait_decided "$id"
 fi
+# Asked to stay (the rotation point), the agent runs until the bottle is stopped.
+while [ -f /workspace/forever ]; do sleep 0.2; done
 sleep 1
 exit ${EXIT}
 `;
@@ -53,10 +56,11 @@ const PROPOSALS = {
   route: { kind: 'route', reason: 'a later API', route: { path: '/later', upstream: 'https://later.failpoint.test', inject: { header: 'x-api-key', format: '{token}' }, roles: [] } },
 };
 
-function fullBottle(tag: string, propose?: keyof typeof PROPOSALS): SecBottle {
+function fullBottle(tag: string, propose?: keyof typeof PROPOSALS, opts: { tokenFile?: string; forever?: boolean } = {}): SecBottle {
   const dir = track(mkdtempSync(join(tmpdir(), 'bottle-fp-cwd-')));
   writeFileSync(join(dir, 'hello.txt'), 'from the project\n');
   if (propose) writeFileSync(join(dir, 'propose'), JSON.stringify(PROPOSALS[propose]));
+  if (opts.forever) writeFileSync(join(dir, 'forever'), '');
   return bottleFolder({
     prefix: 'bottle-fp-',
     agent: agentName(`fp-${tag}`),
@@ -66,7 +70,7 @@ function fullBottle(tag: string, propose?: keyof typeof PROPOSALS): SecBottle {
       egress: { allow: ['allowed.test'] },
       supervise: true,
       // Neither upstream has to answer: both sidecars are ready once they hold their policy.
-      cred_proxy: { routes: [{ path: '/api', upstream: 'https://api.failpoint.test', token: { env: 'FP_API_TOKEN' }, inject: { header: 'x-api-key', format: '{token}' } }] },
+      cred_proxy: { routes: [{ path: '/api', upstream: 'https://api.failpoint.test', token: opts.tokenFile ? { file: opts.tokenFile } : { env: 'FP_API_TOKEN' }, inject: { header: 'x-api-key', format: '{token}' } }] },
       git: [{ name: 'origin', upstream: 'https://git.failpoint.test/app.git', token: { env: 'FP_GIT_TOKEN' }, push: [] }],
     },
     prompt: 'crash me',
@@ -117,13 +121,13 @@ async function until<T>(what: string, probe: () => Promise<T | null | undefined 
 }
 
 /** What every point must end with: the undisturbed outcome, each object made once, nothing left, a consistent history. */
-async function converged(b: SecBottle, identity: string, since: number, recreated: string[] = []) {
+async function converged(b: SecBottle, identity: string, since: number, recreated: string[] = [], exitCode: number | null = EXIT) {
   const status = await until('the run to end', async () => {
     const s = await statusOf(b, identity);
     return s && (s.state === 'done' || s.state === 'failed') && !s.owner_alive ? s : null;
   });
   expect(status.state).toBe('done');
-  expect(status.exit_code).toBe(EXIT);
+  if (exitCode !== null) expect(status.exit_code).toBe(exitCode);
   // Docker refuses a second container or volume of one name, so a duplicate of those would
   // show as another name (the next free agent name, say); networks of one name it allows, so
   // each must have been created exactly once.
@@ -208,4 +212,32 @@ describe('SIGKILL at every effect boundary of a full bottle on real Docker, then
       });
     }
   }
+
+  it('killed right after a token rotation is recorded (event canary.learned), then resumed: the new token reaches the proxy and the canary', { timeout: 300_000 }, async () => {
+    const secrets = track(mkdtempSync(join(tmpdir(), 'bottle-fp-secret-')));
+    const tokenFile = join(secrets, 'api-token');
+    writeFileSync(tokenFile, 'api-token-before-rotation-0001\n');
+    const b = fullBottle('rotation', undefined, { tokenFile, forever: true });
+    const since = Math.floor(Date.now() / 1000) - 1;
+    // The launch records the first token (canary.learned 1); the rotation is the second.
+    const started = await cli({ ...b, env: { ...b.env, BOTTLE_FAULT: 'event:canary.learned:2' } }, runArgs(b, ['--detach', '--json']));
+    expect(started.code, started.stderr).toBe(0);
+    const { identity, run } = JSON.parse(started.stdout) as { identity: string; run: string };
+    identities.add(identity);
+    const rotated = 'api-token-after-rotation-0002';
+    writeFileSync(`${tokenFile}.new`, `${rotated}\n`);
+    renameSync(`${tokenFile}.new`, tokenFile);
+    await until('the owner to die at the failpoint', async () => (await statusOf(b, identity))?.owner_alive === false);
+    const learned = EventLog.read(eventsFile(b.home, identity, run)).filter((r) => r.kind === 'event' && r.event.type === 'canary.learned');
+    expect(JSON.stringify(learned)).toContain(secretHash(rotated));
+
+    // The resumed owner puts back what the sidecars must have: the new token, and its hash.
+    const resumed = bottle(['resume', identity], { cwd: b.dir, env: b.env });
+    await until('the rotated token in the cred-proxy', async () => (await execIn(`bottle-${identity}-cred-proxy`, ['cat', credTokenPath(0)])).stdout.trim() === rotated);
+    await until('its hash in the egress canary', async () => (await execIn(`bottle-${identity}-egress`, ['cat', EGRESS_HASHES_PATH])).stdout.includes(secretHash(rotated)));
+    const stop = await cli(b, ['stop', identity]);
+    expect(stop.code, stop.stderr).toBe(0);
+    await resumed;
+    await converged(b, identity, since, [], null);
+  });
 });
