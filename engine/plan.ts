@@ -1,3 +1,4 @@
+import { limitsLines } from '../machines/limits.js';
 import { existsSync, realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { BottleError } from '../config/errors.js';
@@ -45,6 +46,8 @@ export interface PlanResult {
   summary: ReturnType<typeof planSummary> & { note?: string };
   /** Set when Docker did not answer: the names and runtime assume an empty engine. */
   note: string | null;
+  /** The resource limits in words, what is not bounded among them. */
+  limits: string[];
 }
 
 /** `bottle plan`: the resolved plan against the world as it is now; creates nothing. */
@@ -71,5 +74,5 @@ export async function planAgent(ctx: EngineContext, loaded: LoadedManifest, agen
     { manifest: loaded.manifest, manifestDir: loaded.dir, homeDir: ctx.homeDir, home: ctx.home, agent, cwd, overrides, images, runId: 'plan' },
     { existingContainers: existing, runtimes, perBottleDockerfile: existsSync(perBottleDockerfile(ctx.home, identity)) },
   );
-  return { plan, summary: { ...planSummary(plan), ...(note ? { note } : {}) }, note };
+  return { plan, summary: { ...planSummary(plan), ...(note ? { note } : {}) }, note, limits: limitsLines(plan.limits) };
 }
