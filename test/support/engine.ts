@@ -51,6 +51,8 @@ export interface FakeRunOpts {
   fail?: FakeFailure[];
   imagesFail?: boolean;
   applyFail?: string[];
+  /** The steps' progress lines (the CLI prints them on stderr). */
+  progress?: (line: string) => void;
 }
 
 export async function fakeHostDeps(ctx: EngineContext, opts: FakeRunOpts = {}) {
@@ -61,7 +63,7 @@ export async function fakeHostDeps(ctx: EngineContext, opts: FakeRunOpts = {}) {
   if (opts.applyFail) backend.capabilities = new FakeCapabilities(counts, opts.applyFail);
   // Wired as the CLI wires it: the proposal board follows the machine's snapshots.
   const board = new StoreProposalBoard(ctx.home);
-  const steps = createSteps(stepDeps(ctx, backend, { progress: () => undefined, board }));
+  const steps = createSteps(stepDeps(ctx, backend, { progress: opts.progress ?? (() => undefined), board }));
   return {
     home: ctx.home,
     steps,
