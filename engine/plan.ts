@@ -1,4 +1,4 @@
-import { limitsLines } from '../machines/limits.js';
+import { limitsAccount, limitsLines, resourceLimits } from '../machines/limits.js';
 import { existsSync, realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { BottleError } from '../config/errors.js';
@@ -75,4 +75,11 @@ export async function planAgent(ctx: EngineContext, loaded: LoadedManifest, agen
     { existingContainers: existing, runtimes, perBottleDockerfile: existsSync(perBottleDockerfile(ctx.home, identity)) },
   );
   return { plan, summary: { ...planSummary(plan), ...(note ? { note } : {}) }, note, limits: limitsLines(plan.limits) };
+}
+
+/** What the bottle of `agent` leaves unbounded, one line each (a detached `bottle run` prints them; an attached one says them as it starts the agent). */
+export function unboundedLines(loaded: LoadedManifest, agent: string): string[] {
+  const bottle = loaded.manifest.bottles[loaded.manifest.agents[agent]?.bottle ?? ''];
+  if (!bottle) return [];
+  return limitsAccount(resourceLimits(bottle.resources, 'runc')).notEnforced.map((u) => `NOT bounded: ${u.what}: ${u.why}`);
 }

@@ -141,6 +141,7 @@ for (const runtime of ['runc', 'runsc'] as const) {
 
     it('holds a busy-looping agent to its CPU quota, not to every core', () => {
       const { cores, agent } = run.observed as { cores: number; agent: Docker.HostConfig };
+      console.log(`${runtime}: a busy-looping agent with cpus 0.5 used ${cores.toFixed(3)} cores`);
       expect(agent.NanoCpus).toBe(500_000_000);
       expect(cores, `cores used: ${cores}`).toBeGreaterThan(0.25);
       expect(cores, `cores used: ${cores}`).toBeLessThan(0.7);
@@ -211,6 +212,7 @@ for (let i = 0; i < 16; i++) one();
     const kept = lines.filter((l) => l.decision === 'deny');
     const summaries = lines.filter((l) => l.type === 'audit.summary') as { dropped: Record<string, number>; dropped_lines: number }[];
     const summarised = summaries.reduce((n, s) => n + (s.dropped.deny ?? 0), 0);
+    console.log(`flood: ${N} refused in ${r.ms} ms; ${kept.length} lines kept, ${summarised} summarised in ${summaries.length} summaries`);
     // Never silently lost: every refusal is a line or a count.
     expect(kept.length + summarised).toBe(N);
     expect(summarised).toBeGreaterThan(0);
