@@ -146,6 +146,10 @@ export function limitsAccount(l: BottleLimits): { enforced: Bound[]; notEnforced
       why: 'a per-container size needs a storage driver with quotas (overlay2 on xfs with pquota); writes there grow Docker\'s data root until the run ends. Set resources.disk.root where the driver supports it',
     });
   }
+  notEnforced.push({
+    what: "sidecar root filesystems (the git gate's mirrors, the supervise sidecar's proposal files)",
+    why: 'the same storage-driver limit; the agent grows them only through pushes the git gate accepts and proposals supervise keeps (at most 1000, of at most 320 KiB each)',
+  });
   return { enforced, notEnforced };
 }
 

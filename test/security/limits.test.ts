@@ -154,7 +154,7 @@ for (const runtime of ['runc', 'runsc'] as const) {
       expect(egress?.NanoCpus).toBe(1_000_000_000);
       expect(egress?.LogConfig?.Config).toEqual({ 'max-size': String(16 * MiB), 'max-file': '3' });
       expect(planJson.limits.agent).toMatchObject({ cpus: 0.5, workspace_bytes: 64 * MiB, tmp_bytes: 32 * MiB, root_bytes: null });
-      expect(planJson.limits.not_enforced.map((u) => u.what)).toEqual([expect.stringMatching(/^agent root filesystem/)]);
+      expect(planJson.limits.not_enforced.map((u) => u.what)).toEqual([expect.stringMatching(/^agent root filesystem/), expect.stringMatching(/^sidecar root filesystems/)]);
       expect(planText).toMatch(/NOT bounded: agent root filesystem/);
       expect(run.stderr).toMatch(/NOT bounded: agent root filesystem/);
     });

@@ -120,12 +120,15 @@ describe('limits in the plan and the specs', () => {
     const p = plan();
     const json = planSummary(p).limits;
     expect(json.agent).toMatchObject({ cpus: 1, memory_bytes: 4 * GiB, workspace_bytes: 2 * GiB, tmp_bytes: 512 * MiB, root_bytes: null });
-    expect(json.not_enforced).toEqual([{ what: expect.stringMatching(/^agent root filesystem/), why: expect.stringMatching(/storage driver with quotas.*resources\.disk\.root/) }]);
+    expect(json.not_enforced).toEqual([
+      { what: expect.stringMatching(/^agent root filesystem/), why: expect.stringMatching(/storage driver with quotas.*resources\.disk\.root/) },
+      { what: expect.stringMatching(/^sidecar root filesystems/), why: expect.stringMatching(/pushes the git gate accepts/) },
+    ]);
     expect(json.enforced.map((e) => e.what)).toEqual(expect.arrayContaining(['agent cpu', 'agent /workspace', 'agent /tmp', 'sidecar audit', 'proposals']));
     expect(limitsLines(p.limits).filter((l) => l.startsWith('NOT bounded: agent root filesystem'))).toHaveLength(1);
     // Asked for, the root size moves to what is enforced (Docker refuses it where the driver cannot).
     const rooted = limitsSummary(plan({ disk: { root: '5g' } }).limits);
-    expect(rooted.not_enforced).toEqual([]);
+    expect(rooted.not_enforced.map((u) => u.what)).toEqual([expect.stringMatching(/^sidecar root filesystems/)]);
     expect(rooted.enforced.find((e) => e.what === 'agent root filesystem')?.limit).toBe('5g');
   });
 });
