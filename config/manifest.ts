@@ -119,6 +119,67 @@ const GitRemoteSchema = strict({
   push: z.array(checkedString(refPatternProblem)).default(() => []),
 });
 
+/**
+ * Sizes as Docker writes them: a whole number of bytes, or a number with k, m, g or t
+ * (binary: 1k = 1024), optionally followed by b or ib (`512m`, `2g`, `1.5GiB`).
+ */
+export function parseSize(text: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
+  if (!m) return undefined;
+  const scale = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  const bytes = Math.floor(Number(m[1]) * scale);
+  return Number.isSafeInteger(bytes) ? bytes : undefined;
+}
+
+function sizeSchema(min: number, minText: string) {
+  return z.union([z.number(), z.string()]).transform((raw, ctx) => {
+    const bytes = typeof raw === 'number' ? (Number.isSafeInteger(raw) ? raw : undefined) : parseSize(raw);
+    if (bytes === undefined) {
+      ctx.addIssue({ code: 'custom', message: `must be a size such as 512m or 2g (a number of bytes, or with k, m, g or t), got ${JSON.stringify(raw)}` });
+      return z.NEVER;
+    }
+    if (bytes < min) {
+      ctx.addIssue({ code: 'custom', message: `must be at least ${minText}` });
+      return z.NEVER;
+    }
+    return bytes;
+  });
+}
+
+/** CPU cores, as Docker's --cpus: a fraction is a share of one core. */
+const CpusSchema = z
+  .number({ error: 'must be a number of CPU cores, such as 1 or 0.5' })
+  .min(0.01, 'must be at least 0.01 (a hundredth of a core)')
+  .max(1024, 'must be at most 1024');
+const PidsSchema = z
+  .number({ error: 'must be a whole number of processes' })
+  .int('must be a whole number of processes')
+  .min(16, 'must be at least 16 (the agent needs a shell, git and its own helpers)')
+  .max(4194304, 'must be at most 4194304');
+
+const ResourcesSchema = strict({
+  /** The agent's CPU quota in cores. */
+  cpus: CpusSchema.optional(),
+  memory: sizeSchema(32 * 1024 ** 2, '32m').optional(),
+  pids: PidsSchema.optional(),
+  disk: strict({
+    /** The size of /workspace (a tmpfs-backed volume: it counts as the agent's memory too). */
+    workspace: sizeSchema(1024 ** 2, '1m').optional(),
+    /** The size of /tmp (a tmpfs). */
+    tmp: sizeSchema(1024 ** 2, '1m').optional(),
+    /** The container's root filesystem; needs a storage driver with quotas (overlay2 on xfs with pquota). */
+    root: sizeSchema(64 * 1024 ** 2, '64m').optional(),
+  }).optional(),
+  /** The same limits for each sidecar. */
+  sidecars: strict({ cpus: CpusSchema.optional(), memory: sizeSchema(32 * 1024 ** 2, '32m').optional(), pids: PidsSchema.optional() }).optional(),
+  proposals: strict({
+    pending: z.number().int('must be a whole number').min(1, 'must be at least 1').max(1000, 'must be at most 1000').optional(),
+    per_minute: z.number().int('must be a whole number').min(1, 'must be at least 1').max(6000, 'must be at most 6000').optional(),
+  }).optional(),
+});
+
+export type Resources = z.output<typeof ResourcesSchema>;
+
 const BottleProfileSchema = strict({
   image: ImageRefSchema.optional(),
   runtime: z.enum(['auto', 'runsc', 'runc']).default('auto'),
@@ -129,6 +190,8 @@ const BottleProfileSchema = strict({
   // Non-global destinations (CIDR blocks) the sidecars may dial; default none (config/address-policy.ts).
   private_networks: z.array(checkedString(privateNetworkProblem)).default(() => []),
   env: z.record(EnvName, EnvEntrySchema).default(() => ({})),
+  /** Absent: the defaults of machines/plan.ts (resourceLimits). */
+  resources: ResourcesSchema.optional(),
 });
 
 const AgentSpecSchema = strict({

@@ -1,3 +1,4 @@
+import { limitsAccount, limitsLines, resourceLimits } from '../machines/limits.js';
 import { existsSync, realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { BottleError } from '../config/errors.js';
@@ -46,6 +47,8 @@ export interface PlanResult {
   summary: ReturnType<typeof planSummary> & { note?: string };
   /** Set when Docker did not answer: the names and runtime assume an empty engine. */
   note: string | null;
+  /** The resource limits in words, what is not bounded among them. */
+  limits: string[];
 }
 
 /** `bottle plan`: the resolved plan against the world as it is now; creates nothing. */
@@ -73,5 +76,12 @@ export async function planAgent(ctx: EngineContext, loaded: LoadedManifest, agen
     { manifest: loaded.manifest, manifestDir: loaded.dir, homeDir: ctx.homeDir, home: ctx.home, agent, cwd, overrides, images, runId: 'plan' },
     { existingContainers: existing, runtimes, perBottleDockerfile: existsSync(perBottleDockerfile(ctx.home, identity)) },
   );
-  return { plan, summary: { ...planSummary(plan), ...(note ? { note } : {}) }, note };
+  return { plan, summary: { ...planSummary(plan), ...(note ? { note } : {}) }, note, limits: limitsLines(plan.limits) };
+}
+
+/** What the bottle of `agent` leaves unbounded, one line each (a detached `bottle run` prints them; an attached one says them as it starts the agent). */
+export function unboundedLines(loaded: LoadedManifest, agent: string): string[] {
+  const bottle = loaded.manifest.bottles[loaded.manifest.agents[agent]?.bottle ?? ''];
+  if (!bottle) return [];
+  return limitsAccount(resourceLimits(bottle.resources, 'runc')).notEnforced.map((u) => `NOT bounded: ${u.what}: ${u.why}`);
 }

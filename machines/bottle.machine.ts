@@ -496,7 +496,7 @@ export type BottleMachine = typeof bottleMachine;
  * structure does not (test/unit/machines/machine-version.test.ts fails on its pinned fold
  * then): a log must only be folded by the behaviour that wrote it.
  */
-const BEHAVIOUR_REVISION = 1;
+const BEHAVIOUR_REVISION = 2;
 
 /**
  * The machine version every run records and resume and replay insist on: a digest of the

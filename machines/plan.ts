@@ -9,6 +9,7 @@ import {
   SIDECAR_PORTS,
   type SidecarRole,
 } from './names.js';
+import { type BottleLimits, limitsSummary, resourceLimits } from './limits.js';
 
 /**
  * Planning is pure: everything it must know about the world (existing containers,
@@ -120,6 +121,8 @@ export interface BottlePlan {
   git: PlannedGitRemote[];
   supervise: boolean;
   tty: boolean;
+  /** CPU, memory, pids and disk of the agent and the sidecars, proposal and audit bounds, and what is not bounded. */
+  limits: BottleLimits;
 }
 
 export type PlannedSecretRef = { file: string } | { env: string };
@@ -308,6 +311,7 @@ export function buildPlan(input: PlanInput, world: WorldFacts): BottlePlan {
     }),
     supervise: bottle.supervise,
     tty: input.tty ?? false,
+    limits: resourceLimits(bottle.resources, runtime),
   };
 }
 
@@ -359,5 +363,6 @@ export function planSummary(plan: BottlePlan) {
     routes: plan.routes.map((r) => r.path),
     git: plan.git.map((g) => g.name),
     supervise: plan.supervise,
+    limits: limitsSummary(plan.limits),
   };
 }

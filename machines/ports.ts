@@ -32,6 +32,14 @@ export interface NetworkSpec {
 export interface VolumeSpec {
   name: string;
   labels: Labels;
+  /**
+   * A memory-backed (tmpfs) volume of this size: a write past it fails with ENOSPC. Its content
+   * lives only while some container has it mounted, so a bottle keeps one mounted for the run.
+   */
+  sizeBytes?: number;
+  /** Owner of the tmpfs root (the agent user), so the agent can write into an empty volume. */
+  uid?: number;
+  gid?: number;
 }
 
 export interface Mount {
@@ -83,6 +91,14 @@ export interface ContainerSpec {
   hardened: boolean;
   pidsLimit?: number;
   memoryBytes?: number;
+  /** CPU quota in cores (NanoCpus = cpus * 1e9). */
+  cpus?: number;
+  /** tmpfs mounts: target -> size in bytes (mode 1777, nosuid, nodev). */
+  tmpfs?: Record<string, number>;
+  /** A size for the container's writable layer (storage-opt size; only drivers with quotas take it). */
+  rootBytes?: number;
+  /** Docker's json-file log of the container's output, rotated: at most files x maxBytes kept. */
+  log?: { maxBytes: number; files: number };
   /** Extra /etc/hosts lines (tests give a sidecar a hosts entry). */
   extraHosts?: string[];
 }

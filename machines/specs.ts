@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { placeholderToken, PROMPT_PATH, type BottlePlan, type SidecarPlan } from './plan.js';
 import { GIT_GATE_CONFIG_PATH } from './git-gate.js';
-import { type ContainerSpec, type FileToPut, LABEL, type Labels, type Role } from './ports.js';
+import { type ContainerSpec, type FileToPut, LABEL, type Labels, type Role, type VolumeSpec } from './ports.js';
 
 /**
  * Container and network specs derived from a plan: pure policy, so the hardening of
@@ -16,15 +16,14 @@ export function labelsFor(plan: { identity: string; home: string }, runId: strin
 
 /** uid/gid of the `agent` user in the built-in agent image. */
 export const AGENT_UID = 1000;
-export const AGENT_PIDS_LIMIT = 2048;
-/**
- * Under gVisor the pids cgroup counts the sandbox's own host threads (an idle sandbox already
- * holds about 44, and they are not given back), and passing the limit kills the whole sandbox
- * instead of failing one fork. The sandbox's kernel is the boundary there; the limit only has
- * to stop a runaway, not ordinary parallel work.
- */
-export const AGENT_PIDS_LIMIT_RUNSC = 16384;
-export const AGENT_MEMORY_BYTES = 4 * 1024 ** 3;
+
+/** Where the netns holder keeps the workspace volume mounted (read-only), so its tmpfs lives as long as the run. */
+export const WORKSPACE_KEEPER_PATH = '/run/bottle/workspace';
+
+/** The workspace volume: a tmpfs of the bottle's disk bound, owned by the agent user. */
+export function workspaceVolumeSpec(plan: BottlePlan, runId: string): VolumeSpec {
+  return { name: plan.volume, labels: labelsFor(plan, runId, 'volume'), sizeBytes: plan.limits.agent.workspaceBytes, uid: AGENT_UID, gid: AGENT_UID };
+}
 
 export function agentSpec(
   plan: BottlePlan,
@@ -50,8 +49,12 @@ export function agentSpec(
     tty: plan.tty,
     openStdin: true,
     hardened: true,
-    pidsLimit: plan.runtime === 'runsc' ? AGENT_PIDS_LIMIT_RUNSC : AGENT_PIDS_LIMIT,
-    memoryBytes: AGENT_MEMORY_BYTES,
+    pidsLimit: plan.limits.agent.pids,
+    memoryBytes: plan.limits.agent.memoryBytes,
+    cpus: plan.limits.agent.cpus,
+    tmpfs: { '/tmp': plan.limits.agent.tmpBytes },
+    ...(plan.limits.agent.rootBytes !== null ? { rootBytes: plan.limits.agent.rootBytes } : {}),
+    log: plan.limits.agent.log,
   };
 }
 
@@ -102,6 +105,8 @@ export function sidecarSpec(
       // never the bottle networks' gateways or the Docker host's addresses; private ranges only
       // inside the manifest's private_networks.
       ...(sidecar.upstream ? { BOTTLE_ADDRESS_DENY: gateways.join(','), BOTTLE_PRIVATE_NETWORKS: (plan.privateNetworks ?? []).join(',') } : {}),
+      // The audit budget (sidecars/common/audit-budget.ts), sized against the log rotation below.
+      BOTTLE_AUDIT_LIMITS: [plan.limits.audit.burst, plan.limits.audit.perSecond, plan.limits.audit.maxBytes, plan.limits.audit.summaryMs].join(','),
       ...(sidecar.role === 'egress'
         ? {
             BOTTLE_EGRESS_ALLOWLIST: EGRESS_ALLOWLIST_PATH,
@@ -113,7 +118,9 @@ export function sidecarSpec(
           }
         : {}),
       ...(sidecar.role === 'cred-proxy' ? { BOTTLE_CRED_ROUTES: CRED_ROUTES_PATH, BOTTLE_CRED_PLACEHOLDER: placeholderToken(runId) } : {}),
-      ...(sidecar.role === 'supervise' ? { BOTTLE_SUPERVISE_DIR: SUPERVISE_DIR } : {}),
+      ...(sidecar.role === 'supervise'
+        ? { BOTTLE_SUPERVISE_DIR: SUPERVISE_DIR, BOTTLE_SUPERVISE_LIMITS: `${plan.limits.proposals.pending},${plan.limits.proposals.perMinute}` }
+        : {}),
       ...(sidecar.role === 'git-gate' ? { BOTTLE_GIT_GATE_CONFIG: GIT_GATE_CONFIG_PATH } : {}),
     },
     cmd: [`/opt/bot-bottle/sidecars/${sidecarProgram(sidecar.role)}.mjs`],
@@ -122,8 +129,10 @@ export function sidecarSpec(
     tty: false,
     openStdin: false,
     hardened: true,
-    pidsLimit: 256,
-    memoryBytes: 512 * 1024 ** 2,
+    pidsLimit: plan.limits.sidecars.pids,
+    memoryBytes: plan.limits.sidecars.memoryBytes,
+    cpus: plan.limits.sidecars.cpus,
+    log: plan.limits.sidecars.log,
   };
 }
 
@@ -180,12 +189,17 @@ export function netnsHolderSpec(plan: BottlePlan, runId: string): ContainerSpec 
     dnsOptions: ['timeout:1', 'attempts:1'],
     env: {},
     entrypoint: ['sleep', 'infinity'],
-    mounts: [],
+    // The workspace is a tmpfs volume, which Docker unmounts (and so empties) when no container
+    // has it mounted: the holder, which lives for the whole run, keeps it, so the agent's
+    // container can be recreated on it (a Dockerfile change) without losing the work.
+    mounts: [{ type: 'volume', source: plan.volume, target: WORKSPACE_KEEPER_PATH, readOnly: true }],
     tty: false,
     openStdin: false,
     hardened: true,
     pidsLimit: 8,
     memoryBytes: 16 * 1024 ** 2,
+    cpus: 0.1,
+    log: { maxBytes: 1024 ** 2, files: 1 },
   };
 }
 
@@ -208,6 +222,8 @@ export function netFixerSpec(plan: BottlePlan, runId: string): ContainerSpec {
     hardened: true,
     pidsLimit: 16,
     memoryBytes: 32 * 1024 ** 2,
+    cpus: 0.5,
+    log: { maxBytes: 1024 ** 2, files: 1 },
   };
 }
 

@@ -23,7 +23,7 @@ export async function cmdValidate(ctx: EngineContext, opts: ManifestOpts) {
 
 export async function cmdPlan(ctx: EngineContext, agent: string, opts: ManifestOpts & { cwd?: string }) {
   const loaded = await readManifest(ctx, opts.file);
-  const { plan, summary, note } = await planAgent(ctx, loaded, agent, opts.cwd);
+  const { plan, summary, note, limits } = await planAgent(ctx, loaded, agent, opts.cwd);
   if (opts.json) {
     printJson(summary);
     return;
@@ -41,5 +41,6 @@ export async function cmdPlan(ctx: EngineContext, agent: string, opts: ManifestO
       ['env', summary.env.join(', ')],
     ]),
   );
+  for (const line of limits) info(line);
   if (note) info(`note: ${note}`);
 }

@@ -1,6 +1,6 @@
 import { userInfo } from 'node:os';
 import type { EngineContext } from '../../engine/context.js';
-import { readManifest } from '../../engine/plan.js';
+import { readManifest, unboundedLines } from '../../engine/plan.js';
 import {
   currentRun,
   type Decision,
@@ -113,6 +113,7 @@ export async function cmdRun(ctx: EngineContext, agent: string, opts: RunOpts): 
     if (opts.json) printJson({ identity: input.identity, run: input.runId, state });
     else {
       info(`bottle: ${input.identity} is ${state} (run ${input.runId})`);
+      for (const line of unboundedLines(loaded, agent)) info(`  ${line}`);
       info(`next: bottle logs ${input.identity} | bottle status ${input.identity} | bottle stop ${input.identity}`);
       process.stdout.write(`${input.identity}\n`);
     }

@@ -25,6 +25,11 @@ export function createBody(spec: ContainerSpec, env: string[]): Docker.Container
     ...(spec.extraHosts?.length ? { ExtraHosts: spec.extraHosts } : {}),
     ...(spec.dns?.length ? { Dns: spec.dns } : {}),
     ...(spec.dnsOptions?.length ? { DnsOptions: spec.dnsOptions } : {}),
+    ...(spec.cpus !== undefined ? { NanoCpus: Math.round(spec.cpus * 1e9) } : {}),
+    ...(spec.tmpfs && Object.keys(spec.tmpfs).length > 0 ? { Tmpfs: tmpfsOptions(spec.tmpfs) } : {}),
+    ...(spec.rootBytes !== undefined ? { StorageOpt: { size: String(spec.rootBytes) } } : {}),
+    // Docker keeps a container's output in these files; rotated, so a flood cannot fill the host.
+    ...(spec.log ? { LogConfig: { Type: 'json-file', Config: { 'max-size': String(spec.log.maxBytes), 'max-file': String(spec.log.files) } } } : {}),
   };
   if (spec.hardened) {
     hostConfig.CapDrop = ['ALL'];
@@ -55,6 +60,17 @@ export function createBody(spec: ContainerSpec, env: string[]): Docker.Container
     HostConfig: hostConfig,
     ...(primary && !spec.networkMode ? { NetworkingConfig: { EndpointsConfig: { [primary.name]: { Aliases: primary.aliases } } } } : {}),
   };
+}
+
+/** `{"/tmp": 512 MiB}` → `{"/tmp": "rw,nosuid,nodev,size=536870912,mode=1777"}`. */
+export function tmpfsOptions(tmpfs: Record<string, number>): Record<string, string> {
+  return Object.fromEntries(Object.entries(tmpfs).map(([target, bytes]) => [target, `rw,nosuid,nodev,size=${bytes},mode=1777`]));
+}
+
+/** The local driver's options for a tmpfs volume of `bytes`: the kernel refuses a write past it (ENOSPC). */
+export function tmpfsVolumeOptions(bytes: number, owner: { uid?: number; gid?: number }): Record<string, string> {
+  const o = [`size=${bytes}`, 'mode=0755', ...(owner.uid !== undefined ? [`uid=${owner.uid}`] : []), ...(owner.gid !== undefined ? [`gid=${owner.gid}`] : [])];
+  return { type: 'tmpfs', device: 'tmpfs', o: o.join(',') };
 }
 
 /**

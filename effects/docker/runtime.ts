@@ -22,7 +22,7 @@ import {
 import { classifyDockerError, type DockerErrorContext, HINTS, statusOf } from './errors.js';
 import { envList, readEnvFile } from './runtime-env.js';
 import { describeReadiness, probeCommand } from './runtime-ready.js';
-import { assertNoEngineSocket, createBody } from './runtime-spec.js';
+import { assertNoEngineSocket, createBody, tmpfsVolumeOptions } from './runtime-spec.js';
 import { demuxBuffer, dockerTime, recordedUntil, withoutRecorded, isUnrecorded, logLines, openSinks } from './runtime-streams.js';
 import { tarFiles } from './tar.js';
 
@@ -139,7 +139,12 @@ export class DockerodeRuntime implements ContainerRuntime {
       return { created: false };
     }
     await this.call({ op: 'create volume', object: spec.name }, signal, () =>
-      this.docker.createVolume({ Name: spec.name, Labels: spec.labels, abortSignal: signal }),
+      this.docker.createVolume({
+        Name: spec.name,
+        Labels: spec.labels,
+        ...(spec.sizeBytes !== undefined ? { Driver: 'local', DriverOpts: tmpfsVolumeOptions(spec.sizeBytes, spec) } : {}),
+        abortSignal: signal,
+      }),
     );
     return { created: true };
   }

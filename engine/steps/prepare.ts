@@ -1,7 +1,8 @@
 import { BottleError } from '../../config/errors.js';
 import type { CreatedResource } from '../../machines/bottle.machine.js';
 import type { BottlePlan } from '../../machines/plan.js';
-import { agentSpec, labelsFor } from '../../machines/specs.js';
+import { limitsLines } from '../../machines/limits.js';
+import { agentSpec, labelsFor, workspaceVolumeSpec } from '../../machines/specs.js';
 import { failWith, forwardedEnv, type PlanStepInput, type StepDeps, stagedPaths } from './deps.js';
 
 /** The run's files on the host, mode 0600: the agent's env-file (literals only), its prompt, the allowlist. */
@@ -65,8 +66,9 @@ export async function createAgent(deps: StepDeps, input: PlanStepInput, signal: 
   const created: CreatedResource[] = [];
   try {
     const forwarded = forwardedEnv(deps, plan);
-    await deps.runtime.ensureVolume({ name: plan.volume, labels: labelsFor(plan, runId, 'volume') }, signal);
-    created.push({ kind: 'volume', name: plan.volume });
+    // Created (and listed for teardown) with the netns holder, which keeps it mounted; here it is only adopted.
+    await deps.runtime.ensureVolume(workspaceVolumeSpec(plan, runId), signal);
+    deps.progress(limitsLines(plan.limits).join('\n  '));
     await deps.runtime.ensureContainer(agentSpec(plan, runId, staged, forwarded), signal);
     created.push({ kind: 'container', name: plan.container, role: 'agent' });
     await deps.runtime.startContainer(plan.container, signal);

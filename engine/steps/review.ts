@@ -34,6 +34,10 @@ export function watchProposals(deps: StepDeps, plan: BottlePlan, runId: string, 
   const board = deps.board;
   if (!supervise || !board) return () => undefined;
   const submitted = new Set<string>();
+  // Lines past the pending bound: never queued, said once. The sidecar shares the bottle with
+  // the agent, so its own bound is not trusted to hold.
+  const refused = new Set<string>();
+  const maxPending = plan.limits.proposals.pending;
   let pushedFor: Proposal[] | undefined;
   let pushedText = '';
   let stopped = false;
@@ -57,7 +61,15 @@ export function watchProposals(deps: StepDeps, plan: BottlePlan, runId: string, 
         deps.progress(`supervise printed a proposal the engine does not accept; ignored: ${line.slice(0, 200)}`);
         continue;
       }
-      if (submitted.has(p.id) || known.has(p.id)) continue;
+      if (submitted.has(p.id) || known.has(p.id) || refused.has(p.id)) continue;
+      const proposals = board.view()?.proposals ?? [];
+      const inView = new Set(proposals.map((q) => q.id));
+      const pending = proposals.filter((q) => q.status === 'pending' || q.status === 'applying').length + [...submitted].filter((id) => !inView.has(id)).length;
+      if (pending >= maxPending) {
+        refused.add(p.id);
+        deps.progress(`supervise printed proposal ${p.id} while ${pending} are pending (at most ${maxPending}); not queued. Decide some: bottle proposals ${plan.identity}`);
+        continue;
+      }
       if (p.kind === 'dockerfile') {
         // The human reviews the change as a diff against the Dockerfile in force now; the
         // log keeps that diff, so the audit's hash of it never depends on later approvals.

@@ -11,6 +11,7 @@ import {
   secretHash,
   sidecarSpec,
   superviseFiles,
+  workspaceVolumeSpec,
 } from '../../machines/specs.js';
 import { failWith, type PlanStepInput, type StepDeps, stagedPaths } from './deps.js';
 import { currentView } from './review.js';
@@ -28,6 +29,10 @@ export async function startSidecars(deps: StepDeps, input: PlanStepInput & { gat
   const created: CreatedResource[] = [];
   const deadline = deps.sidecarDeadlineMs ?? 30_000;
   const netns = async () => {
+    // The workspace volume first: the holder keeps it mounted for the whole run (a tmpfs volume
+    // lives only while some container has it mounted).
+    await runtime.ensureVolume(workspaceVolumeSpec(plan, runId), signal);
+    created.push({ kind: 'volume', name: plan.volume });
     await runtime.ensureContainer(netnsHolderSpec(plan, runId), signal);
     created.push({ kind: 'container', name: plan.netns.holder, role: 'network' });
     await runtime.startContainer(plan.netns.holder, signal);

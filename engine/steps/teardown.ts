@@ -51,6 +51,9 @@ async function removeResource(deps: StepDeps, r: CreatedResource, signal: AbortS
 }
 
 async function collectAudit(deps: StepDeps, identity: string, container: string, source: string, signal: AbortSignal) {
+  // Stopped first (SIGTERM), so a sidecar writes the summary of the audit lines its budget
+  // held back since the last one (sidecars/common/audit-budget.ts) before its output is read.
+  await deps.runtime.stopContainer(container, 3, signal);
   const lines = (await deps.runtime.readStdout(container, signal)).split('\n').filter((l) => l.trim().startsWith('{'));
   if (lines.length > 0) await deps.audit.append(identity, source, lines);
 }

@@ -1,3 +1,4 @@
+import { auditBudgetFromEnv, createAuditBudget } from '../common/audit-budget.js';
 import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { auditLine, type RoutesRecord, routesLine } from './audit.js';
@@ -98,6 +99,14 @@ if (problems.length > 0) {
   die(`refusing to start without every token:\n  ${problems.map((p) => `route ${routesOf(p.file)}: ${p.error}`).join('\n  ')}`);
 }
 
+// Past the budget a request line is counted, not written; the counts come out as a summary line.
+const budget = createAuditBudget({
+  ...auditBudgetFromEnv(env.BOTTLE_AUDIT_LIMITS),
+  source: 'cred-proxy',
+  write: (text) => void process.stdout.write(text),
+  ...(run !== undefined ? { run } : {}),
+});
+
 try {
   proxy = createCredProxy({
     routes,
@@ -105,7 +114,7 @@ try {
     ...(placeholder !== undefined ? { placeholder } : {}),
     addressPolicy,
     ...(env.BOTTLE_BOTTLE ? { bottle: env.BOTTLE_BOTTLE } : {}),
-    audit: (record) => void process.stdout.write(auditLine(run === undefined ? record : { ...record, run })),
+    audit: (record) => void budget.offer(auditLine(run === undefined ? record : { ...record, run }), record.alarm !== undefined ? 'alarm' : record.type),
     log: (message) => void process.stderr.write(`${message}\n`),
   });
 } catch (err) {

@@ -1,5 +1,6 @@
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { type AuditBudgetLimits, createAuditBudget } from '../common/audit-budget.js';
 import type { Target } from './policy.js';
 
 /**
@@ -72,7 +73,7 @@ const FLUSH_BYTES = 64 * 1024;
  * out before the client can read the answer it records (the answer is read on a later turn).
  * close() and the process's 'exit' write what is still buffered.
  */
-export function openAuditLog(file: string | undefined, extra: { run?: string } = {}): AuditLog {
+export function openAuditLog(file: string | undefined, extra: { run?: string; budget?: AuditBudgetLimits } = {}): AuditLog {
   // `run` is the last field of a line: appended to the JSON text rather than copied into the record.
   const runField = extra.run === undefined ? undefined : `,"run":${JSON.stringify(extra.run)}}\n`;
   const stamp = (r: AuditRecord): string => {
@@ -99,19 +100,29 @@ export function openAuditLog(file: string | undefined, extra: { run?: string } =
       while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
     }
   };
+  const append = (line: string) => {
+    buffered += line;
+    if (buffered.length >= FLUSH_BYTES) flush();
+    else if (!scheduled) {
+      scheduled = true;
+      setImmediate(flush);
+    }
+  };
+  // Past the budget a line is counted, not written; the counts come out as a summary line.
+  const budget = extra.budget
+    ? createAuditBudget({ ...extra.budget, source: 'egress', write: (text) => (closed ? undefined : append(text)), ...(extra.run !== undefined ? { run: extra.run } : {}) })
+    : undefined;
   process.on('exit', flush);
   return {
     write(r) {
       if (closed) return;
-      buffered += stamp(r);
-      if (buffered.length >= FLUSH_BYTES) flush();
-      else if (!scheduled) {
-        scheduled = true;
-        setImmediate(flush);
-      }
+      const line = stamp(r);
+      if (budget && !budget.admit(line, r.alarm !== undefined ? `alarm:${r.alarm}` : r.decision)) return;
+      append(line);
     },
     close() {
       if (closed) return;
+      budget?.close();
       flush();
       closed = true;
       process.removeListener('exit', flush);

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { auditBudgetFromEnv } from '../common/audit-budget.js';
 import { openAuditLog } from './audit.js';
 import { watchAllowlistFile } from './allowlist-file.js';
 import { allowlistLines } from './policy.js';
@@ -22,6 +23,7 @@ import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
  *                            addresses that may be dialled (see sidecars/common/address-policy.ts)
  *   BOTTLE_BOTTLE            the bottle's name in the manifest, for the "add it to bottles.<bottle>.egress.allow" hint
  *   BOTTLE_RUN               the run id, stamped on every audit line when set
+ *   BOTTLE_AUDIT_LIMITS      `burst,perSecond,maxBytes,summaryMs` of the audit budget (common/audit-budget.ts)
  *   BOTTLE_EGRESS_CANARY     the placeholder token the agent holds (optional; 8+ printable ASCII characters)
  *   BOTTLE_EGRESS_SECRET_HASHES  the real tokens as comma-separated `<length>:<sha256 hex>` (optional;
  *                            length in bytes, 8..8192), so this sidecar never holds a token but knows one
@@ -80,7 +82,7 @@ try {
 
 let audit: ReturnType<typeof openAuditLog>;
 try {
-  audit = openAuditLog(env.BOTTLE_EGRESS_AUDIT || undefined, env.BOTTLE_RUN ? { run: env.BOTTLE_RUN } : {});
+  audit = openAuditLog(env.BOTTLE_EGRESS_AUDIT || undefined, { ...(env.BOTTLE_RUN ? { run: env.BOTTLE_RUN } : {}), budget: auditBudgetFromEnv(env.BOTTLE_AUDIT_LIMITS) });
 } catch (err) {
   die(`cannot open the audit log ${env.BOTTLE_EGRESS_AUDIT}: ${(err as Error).message}`);
 }

@@ -1,3 +1,4 @@
+import { auditBudgetFromEnv, createAuditBudget } from '../common/audit-budget.js';
 import { readFileSync } from 'node:fs';
 import { type GateRemote, parseRemotes, shQuote } from './config.js';
 import { runPreReceive } from './hook.js';
@@ -84,13 +85,20 @@ function main() {
 
   let ready = false;
   const locks = new RemoteLocks();
+  // Past the budget a line is counted, not written; the counts come out as a summary line.
+  const budget = createAuditBudget({
+    ...auditBudgetFromEnv(env.BOTTLE_AUDIT_LIMITS),
+    source: 'git-gate',
+    write: (text) => void process.stdout.write(text),
+    ...(run ? { run } : {}),
+  });
   const log = (message: string) => void process.stderr.write(`git-gate: ${message}\n`);
   const server = createGateServer({
     state,
     configFile,
     remotes,
     ...(run ? { run } : {}),
-    audit: (line) => void process.stdout.write(line),
+    audit: (line) => void budget.offer(line, /"decision":"deny"/.test(line) ? 'deny' : 'allow'),
     log,
     ready: () => ready,
     locks,

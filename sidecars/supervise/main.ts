@@ -1,3 +1,4 @@
+import { auditBudgetFromEnv, createAuditBudget } from '../common/audit-budget.js';
 import { createSuperviseServer, lineText } from './server.js';
 import { dieAs, exitOnStopSignals, sidecarPort } from '../common/process.js';
 
@@ -34,9 +35,24 @@ const dir = (env.BOTTLE_SUPERVISE_DIR || '/run/bottle/supervise').replace(/\/+$/
 const identity = env.BOTTLE_IDENTITY || undefined;
 const run = env.BOTTLE_RUN || undefined;
 
+// BOTTLE_SUPERVISE_LIMITS=`pending,perMinute` from the bottle's resources.proposals.
+const [pendingLimit, perMinute] = (env.BOTTLE_SUPERVISE_LIMITS ?? '').split(',').map((p) => (/^\d+$/.test(p.trim()) && Number(p) > 0 ? Number(p) : undefined));
+// Accepted proposals are always written (the host must see each; they are bounded by the
+// pending and rate bounds); refusals past the audit budget are counted in a summary line.
+const budget = createAuditBudget({
+  ...auditBudgetFromEnv(env.BOTTLE_AUDIT_LIMITS),
+  source: 'supervise',
+  write: (text) => void process.stdout.write(text),
+  ...(run !== undefined ? { run } : {}),
+});
 const server = createSuperviseServer({
   dir,
-  emit: (line) => void process.stdout.write(lineText(line)),
+  ...(pendingLimit !== undefined ? { pendingLimit } : {}),
+  ...(perMinute !== undefined ? { perMinute } : {}),
+  emit: (line) => {
+    if (line.type === 'proposal') process.stdout.write(lineText(line));
+    else budget.offer(lineText(line), `rejected:${line.status}`);
+  },
   log: (message) => void process.stderr.write(`${message}\n`),
 });
 

@@ -4,7 +4,8 @@
  *   GET  /healthz        200 {"ok":true} once current.json has been read, else 503
  *   GET  /current        the bottle's current Dockerfile, allowlist and routes (current.json)
  *   POST /proposals      a proposal (see proposal.ts) → 201 {"id","status":"pending"}, 400 with
- *                        {"error","issues":[{"path","message"}]}, 429 past the limit
+ *                        {"error","issues":[{"path","message"}]}, 429 past a bound (pending proposals,
+ *                        proposals a minute, proposals in all) with {"error","limit",...} saying what to do
  *   GET  /proposals      every proposal as [{"id","kind","status","reason"?,"error"?}]
  *   GET  /proposals/ID   one of them; status from decisions.json, else "pending"; 404 if unknown
  *
@@ -46,8 +47,12 @@ export interface SuperviseServerOptions {
   emit: (line: SuperviseLine) => void;
   /** Diagnostics for a human (stderr). */
   log?: (message: string) => void;
-  /** Accepted proposals per lifetime (default 100). */
+  /** Accepted proposals per lifetime (default MAX_PROPOSALS). */
   limit?: number;
+  /** Proposals not yet decided (default 100): one more is refused with 429. */
+  pendingLimit?: number;
+  /** Proposals accepted in any 60 seconds (default 30): one more is refused with 429. */
+  perMinute?: number;
   /** Request bodies larger than this are refused with 400 (default 256 KiB + 64 KiB for JSON escapes). */
   maxBodyBytes?: number;
   headersTimeoutMs?: number;
@@ -62,6 +67,9 @@ export interface SuperviseServer extends http.Server {
 }
 
 export const DEFAULT_MAX_BODY_BYTES = LIMITS.dockerfileBytes + 64 * 1024;
+/** The defaults of machines/limits.ts (PROPOSALS_PENDING, PROPOSALS_PER_MINUTE); the engine passes the bottle's own. */
+export const DEFAULT_PENDING_LIMIT = 100;
+export const DEFAULT_PER_MINUTE = 30;
 /** A body over the limit by at most this much is read to its end (and dropped) before the 400 is sent; a larger one gets the 400 at once and its connection is cut. */
 const DRAIN_BYTES = 1024 * 1024;
 
@@ -86,7 +94,12 @@ export function createSuperviseServer(opts: SuperviseServerOptions): SuperviseSe
       if (m !== 'does not exist') log(`supervise: decisions.json ${m}; keeping the last good one`);
     },
   });
-  const store = new ProposalStore({ dir: `${opts.dir}/proposals`, limit: opts.limit ?? 100, log, now });
+  const store = new ProposalStore({ dir: `${opts.dir}/proposals`, ...(opts.limit !== undefined ? { limit: opts.limit } : {}), log, now });
+  const pendingLimit = opts.pendingLimit ?? DEFAULT_PENDING_LIMIT;
+  const perMinute = opts.perMinute ?? DEFAULT_PER_MINUTE;
+  /** When the proposals of the last minute were accepted (ms), oldest first. */
+  const recent: number[] = [];
+  const pendingCount = () => store.list().filter((p) => decisions.value()?.byId.get(p.id) === undefined).length;
 
   const view = (p: StoredProposal): ProposalView => {
     const d = decisions.value()?.byId.get(p.id);
@@ -94,9 +107,32 @@ export function createSuperviseServer(opts: SuperviseServerOptions): SuperviseSe
     return { id: p.id, kind: p.kind, status: d.status, ...(d.reason !== undefined ? { reason: d.reason } : {}), ...(d.error !== undefined ? { error: d.error } : {}) };
   };
 
-  const reject = (res: http.ServerResponse, status: number, error: string, issues?: ProposalIssue[], summary = error) => {
+  const reject = (res: http.ServerResponse, status: number, error: string, issues?: ProposalIssue[], summary = error, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) => {
     opts.emit({ source: 'supervise', type: 'rejected', at: now().toISOString(), status, error: summary });
-    send(res, status, issues === undefined ? { error } : { error, issues });
+    send(res, status, { error, ...(issues === undefined ? {} : { issues }), ...extra }, headers);
+  };
+
+  /** The bounds an agent meets before the lifetime cap: pending proposals, then the rate. A refusal says why and what to do. */
+  const overBound = (): { error: string; extra: Record<string, unknown>; headers: Record<string, string> } | undefined => {
+    const pending = pendingCount();
+    if (pending >= pendingLimit) {
+      return {
+        error: `too many pending proposals: ${pending} wait for the human (this bottle holds at most ${pendingLimit}); wait until some are decided (GET /proposals shows their status), then propose again`,
+        extra: { limit: 'pending', pending, max_pending: pendingLimit },
+        headers: {},
+      };
+    }
+    const t = now().getTime();
+    while (recent.length > 0 && recent[0]! <= t - 60_000) recent.shift();
+    if (recent.length >= perMinute) {
+      const retry = Math.max(1, Math.ceil((recent[0]! + 60_000 - t) / 1000));
+      return {
+        error: `too many proposals: at most ${perMinute} a minute; try again in ${retry} s, and put related changes into one proposal`,
+        extra: { limit: 'rate', per_minute: perMinute, retry_after_s: retry },
+        headers: { 'retry-after': String(retry) },
+      };
+    }
+    return undefined;
   };
 
   async function propose(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -119,7 +155,13 @@ export function createSuperviseServer(opts: SuperviseServerOptions): SuperviseSe
       reject(res, 400, result.error, result.issues, `${result.error} (${n} problem${n === 1 ? '' : 's'})`);
       return;
     }
+    const over = overBound();
+    if (over !== undefined) {
+      reject(res, 429, over.error, undefined, `${over.error.split(':')[0]} (${String(over.extra.limit)})`, over.extra, over.headers);
+      return;
+    }
     const stored = store.add(result.proposal);
+    if (stored !== undefined) recent.push(now().getTime());
     if (stored === undefined) {
       reject(res, 429, `too many proposals: this bottle accepts at most ${store.limit}; ask the human directly`);
       return;

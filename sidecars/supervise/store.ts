@@ -8,8 +8,12 @@ import { mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 
 import { join } from 'node:path';
 import { type ProposalChange, type ProposalKind, proposalBody, type ValidProposal, validateProposal } from './proposal.js';
 
-/** At most this many proposals are accepted in a sidecar's lifetime (proposals reloaded from disk count). */
-export const MAX_PROPOSALS = 100;
+/**
+ * At most this many proposals are kept in a sidecar's lifetime (proposals reloaded from disk
+ * count), whatever was decided: what bounds the sidecar's own disk and memory. The agent meets
+ * the tighter bounds first: pending proposals and a rate (server.ts).
+ */
+export const MAX_PROPOSALS = 1000;
 
 export interface StoredProposal {
   /** `p` and 10 characters of [a-z0-9]. */

@@ -102,6 +102,9 @@ beforeAll(async () => {
     config: {
       runtime: 'runc',
       egress: { allow: ['allowed.test'] },
+      // The allowed host is this test's own container on a private network: opted in, as a
+      // user with an internal service would.
+      private_networks: [up.subnet],
       cred_proxy: { routes: [{ path: '/api', upstream: 'https://api.model.test', token: { file: 'api-token' }, inject: { header: 'x-api-key', format: '{token}' } }] },
     },
     prompt: 'leak a rotated token',

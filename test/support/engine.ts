@@ -51,7 +51,7 @@ export interface FakeRunOpts {
   fail?: FakeFailure[];
   imagesFail?: boolean;
   applyFail?: string[];
-  /** The steps' progress lines (rotations, proposals). */
+  /** The steps' progress lines (the CLI prints them on stderr). */
   progress?: (line: string) => void;
 }
 

@@ -346,7 +346,9 @@ export function unexpectedMounts(list: Mount[], workspaceVolume: string): string
       // Kernel file systems where Docker puts them, a fresh /tmp (gVisor), and Docker's masks
       // (/proc/keys bound from /dev/null). A tmpfs elsewhere, or a bind out of one, may be the
       // host's own /run (where docker.sock lives).
-      const fresh = m.root === '/' && (under(m.mountPoint, ['/proc', '/dev', '/sys']) || m.mountPoint === '/tmp');
+      // The workspace volume is a tmpfs of its own (its size is the disk bound); Docker's side
+      // says it is the bottle's volume (the escape test checks the agent's Mounts).
+      const fresh = m.root === '/' && (under(m.mountPoint, ['/proc', '/dev', '/sys']) || m.mountPoint === '/tmp' || (m.fsType === 'tmpfs' && m.mountPoint === '/workspace'));
       const mask = m.fsType === 'tmpfs' && m.root === '/null' && under(m.mountPoint, ['/proc']);
       const cgroup = (m.fsType === 'cgroup' || m.fsType === 'cgroup2') && under(m.mountPoint, ['/sys/fs/cgroup']);
       // Docker re-binds parts of /proc (bus, fs, irq, sys) read-only onto themselves.

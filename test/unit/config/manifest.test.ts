@@ -141,7 +141,7 @@ describe('validateManifest: schema errors', () => {
         'agents.coder.model',
       ]),
     );
-    expectIssue(doc, 'bottles.web.egres', 'unknown key (allowed here: image, runtime, egress, git, cred_proxy, supervise, private_networks, env)');
+    expectIssue(doc, 'bottles.web.egres', 'unknown key (allowed here: image, runtime, egress, git, cred_proxy, supervise, private_networks, env, resources)');
   });
 
   it('names the expected type in YAML words', () => {

@@ -29,19 +29,19 @@ const cases: { step: string; opts: FakeRunOpts; code: string; created: string[];
     step: 'startSidecars',
     opts: { fail: [{ op: 'waitReady', name: 'bottle-coder-egress', code: 'SIDECAR_UNHEALTHY' }] },
     code: 'SIDECAR_UNHEALTHY',
-    created: ['bottle-coder-internal', 'bottle-coder-egress-net', 'bottle-coder-netns', 'bottle-coder-egress'],
+    created: ['bottle-coder-internal', 'bottle-coder-egress-net', 'bottle-coder-workspace', 'bottle-coder-egress', 'bottle-coder-netns'],
   },
   {
     step: 'createAgent',
     opts: { fail: [{ op: 'ensureContainer', name: 'bottle-coder' }] },
     code: 'DOCKER_ERROR',
-    created: ['bottle-coder-internal', 'bottle-coder-egress-net', 'bottle-coder-netns', 'bottle-coder-egress', 'bottle-coder-workspace'],
+    created: ['bottle-coder-internal', 'bottle-coder-egress-net', 'bottle-coder-workspace', 'bottle-coder-egress', 'bottle-coder-netns'],
   },
   {
     step: 'agentExit',
     opts: { fail: [{ op: 'waitExit', name: 'bottle-coder' }] },
     code: 'DOCKER_ERROR',
-    created: ['bottle-coder-internal', 'bottle-coder-egress-net', 'bottle-coder-netns', 'bottle-coder-egress', 'bottle-coder-workspace', 'bottle-coder'],
+    created: ['bottle-coder-internal', 'bottle-coder-egress-net', 'bottle-coder-workspace', 'bottle-coder-egress', 'bottle-coder-netns', 'bottle-coder'],
   },
 ];
 

@@ -17,7 +17,7 @@ import { doneEvent, machineInput } from '../../support/machine.js';
  *    computes something else): bump BEHAVIOUR_REVISION in machines/bottle.machine.ts, then
  *    update EXPECTED_VERSION and the expected context.
  */
-const EXPECTED_VERSION = 'bottle@80bad95b199e';
+const EXPECTED_VERSION = 'bottle@0040cdd0aa1b';
 
 describe('MACHINE_VERSION', () => {
   it('is the digest of the current definition', () => {
@@ -27,10 +27,10 @@ describe('MACHINE_VERSION', () => {
   });
 
   it('depends on the structure and the revision, not on the implementations the engine provides', () => {
-    expect(machineVersion('bottle', bottleMachine, 1)).toBe(MACHINE_VERSION);
-    expect(machineVersion('bottle', bottleMachine, 2)).not.toBe(MACHINE_VERSION);
+    expect(machineVersion('bottle', bottleMachine, 2)).toBe(MACHINE_VERSION);
+    expect(machineVersion('bottle', bottleMachine, 3)).not.toBe(MACHINE_VERSION);
     // The engine runs bottleMachine.provide({actors}); the version is the same machine's.
-    expect(machineVersion('bottle', bottleMachine.provide({ actors: {} }), 1)).toBe(MACHINE_VERSION);
+    expect(machineVersion('bottle', bottleMachine.provide({ actors: {} }), 2)).toBe(MACHINE_VERSION);
 
     const toy = (guard: 'a' | 'b', target: string) =>
       setup({ guards: { a: () => true, b: () => false } }).createMachine({
@@ -156,6 +156,13 @@ describe('the fold the version stands for', () => {
         git: [],
         supervise: true,
         tty: false,
+        // No `resources` in the manifest: the defaults (machines/limits.ts), pids for gVisor.
+        limits: {
+          agent: { cpus: 1, memoryBytes: 4 * 1024 ** 3, pids: 16384, workspaceBytes: 2 * 1024 ** 3, tmpBytes: 512 * 1024 ** 2, rootBytes: null, log: { maxBytes: 16 * 1024 ** 2, files: 3 } },
+          sidecars: { cpus: 1, memoryBytes: 512 * 1024 ** 2, pids: 256, log: { maxBytes: 16 * 1024 ** 2, files: 3 } },
+          proposals: { pending: 100, perMinute: 30 },
+          audit: { burst: 1000, perSecond: 100, maxBytes: 24 * 1024 ** 2, summaryMs: 5000 },
+        },
       },
       created: [{ kind: 'stage', name: '/stage' }, net, egress, agent],
       removed: [agent, egress, net],
