@@ -277,6 +277,25 @@ export function readFirstRecord<T>(file: string, schema: z.ZodType<T>): T | null
   return parsed.value;
 }
 
+/** Where the line before the one starting at `offset` starts (read backwards); null at the first line. */
+export function previousLineStart(file: string, offset: number): number | null {
+  if (offset <= 0) return null;
+  return withFile(file, (fd): number => {
+    const CHUNK = 64 * 1024;
+    // offset - 1 is the newline that ends the previous line.
+    let end = offset - 1;
+    while (end > 0) {
+      const start = Math.max(0, end - CHUNK);
+      const chunk = Buffer.alloc(end - start);
+      readSync(fd, chunk, 0, chunk.length, start);
+      const nl = chunk.lastIndexOf(NEWLINE);
+      if (nl !== -1) return start + nl + 1;
+      end = start;
+    }
+    return 0;
+  });
+}
+
 /** The first bytes of the line starting at `offset` (enough to read its seq). */
 export function readLinePrefix(file: string, offset: number, length = 64): string {
   return (
