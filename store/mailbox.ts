@@ -1,4 +1,4 @@
-import { type FSWatcher, mkdirSync, readFileSync, renameSync, watch } from 'node:fs';
+import { type FSWatcher, lstatSync, mkdirSync, readFileSync, renameSync, watch } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { BottleError } from '../config/errors.js';
@@ -57,7 +57,11 @@ function entries(dir: string): string[] {
 }
 
 function parseCommand<C extends Envelope>(dir: string, name: string, id: string, schema: z.ZodType<C>): C | string {
-  const text = readFileSync(join(dir, name), 'utf8');
+  const path = join(dir, name);
+  // Only a regular file can be a command: reading a folder throws (out of the owner's drain,
+  // which runs from a timer), and reading a FIFO would block the owner.
+  if (!lstatSync(path).isFile()) return 'not a regular file';
+  const text = readFileSync(path, 'utf8');
   const envelope = parseChecked(MailboxCommandSchema, text);
   if (!envelope.ok) return envelope.reason;
   if (envelope.value.id !== id) return `its id ${JSON.stringify(envelope.value.id)} does not match the file name`;
