@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { readPlainRequest } from '../../../../sidecars/egress/plain.js';
 import { allowlistLines, createPolicy, formatTarget, parseAuthority } from '../../../../sidecars/egress/policy.js';
 import { runs } from '../../../support/property.js';
-import { fakeResolver, rawExchange, startHttpUpstream, startProxy, viaProxy } from './harness.js';
+import { connectVia, echoThrough, fakeResolver, rawExchange, startEchoServer, startHttpUpstream, startProxy, until, viaProxy } from './harness.js';
 
 /**
  * Egress requests as the agent may write them (sidecars/egress/plain.ts readPlainRequest,
@@ -210,5 +210,55 @@ describe('egress proxy on loopback: arbitrary request heads', () => {
     // Still serving, and every refusal was audited with a reason.
     expect((await viaProxy(port, `http://allowed.test:${up.port}/after`)).status).toBe(200);
     for (const a of audits) if (a.decision === 'deny') expect(a.reason).not.toBe('');
+  });
+
+  it('CONNECT opens a tunnel exactly when the target is the allowed host and port, in whatever spelling the policy reads as it', async () => {
+    const echo = await startEchoServer();
+    const { resolve } = fakeResolver({ 'allowed.test': ['127.0.0.1'], 'denied.test': ['127.0.0.1'] });
+    const { port, audits } = await startProxy({ allowlist: [`allowed.test:${echo.port}`], resolve });
+    const spelled = fc.constantFrom(
+      `allowed.test:${echo.port}`,
+      `ALLOWED.Test.:${echo.port}`,
+      `allowed.test.evil.test:${echo.port}`,
+      `evilallowed.test:${echo.port}`,
+      `allowed.test:0${echo.port}`,
+      `allowed.test:${echo.port + 1}`,
+      `allowed.test`,
+      `127.0.0.1:${echo.port}`,
+      `[::ffff:127.0.0.1]:${echo.port}`,
+      `denied.test:${echo.port}`,
+      `allowed.test:${echo.port}@denied.test:${echo.port}`,
+    );
+    const target = fc.oneof(spelled, authority.map((a) => `${a}:${echo.port}`), authority);
+    let tunnels = 0;
+    await fc.assert(
+      fc.asyncProperty(target, async (t) => {
+        const before = audits.length;
+        const expected = parseAuthority(t);
+        const allowed = expected.ok && expected.value.host === 'allowed.test' && expected.value.port === echo.port;
+        if (allowed) tunnels++;
+        if (allowed) {
+          const r = await connectVia(port, t);
+          expect(r.status, t).toBe(200);
+          expect(await echoThrough(r.socket, 'ping')).toBe('ping');
+          r.socket.destroy();
+          // A tunnel's record is written when it closes.
+          await until(() => audits.length > before, 'the tunnel audited');
+          expect(audits.slice(before).map((a) => a.decision)).toEqual(['allow']);
+          return;
+        }
+        // Raw bytes: the target as the agent wrote it, spaces and control characters too.
+        const { text } = await rawExchange(port, `CONNECT ${t} HTTP/1.1\r\nHost: ${t}\r\n\r\n`, { waitMs: 4_000 });
+        expect(text, t).toMatch(/^HTTP\/1\.1 (400|403) /);
+        expect(echo.connections).toBe(tunnels);
+        // A request line the HTTP parser can read is audited; one it cannot is a parse error answered 400.
+        if (/^[\x21-\x7e]+$/.test(t)) {
+          expect(text).toMatch(/\r\n\r\negress: /);
+          await until(() => audits.length > before, 'the refusal audited');
+          expect(audits.slice(before).map((a) => a.decision)).toEqual(['deny']);
+        }
+      }),
+      runs(150),
+    );
   });
 });
