@@ -4,7 +4,7 @@ import { isAbsolute, join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { RoutesReloader } from '../../../../sidecars/cred-proxy/reload.js';
-import { parseRoutes, type Route } from '../../../../sidecars/cred-proxy/routes.js';
+import { matchRoute, parseRoutes, requestPathProblem, type Route, upstreamTarget } from '../../../../sidecars/cred-proxy/routes.js';
 import { runs } from '../../../support/property.js';
 
 /**
@@ -142,6 +142,42 @@ describe('cred-proxy routes reload through good and bad versions', () => {
         }
       }),
       runs(150),
+    );
+  });
+});
+
+describe('cred-proxy request paths', () => {
+  const table = parseRoutes(
+    JSON.stringify({
+      routes: [
+        { path: '/api', upstream: 'https://up.test/base/v1', inject: { header: 'x-api-key', format: '{token}' }, token_file: '/t/0' },
+        { path: '/api/deeper', upstream: 'https://deep.test', inject: { header: 'x-api-key', format: '{token}' }, token_file: '/t/1' },
+        { path: '/', upstream: 'https://root.test/r', inject: { header: 'x-api-key', format: '{token}' }, token_file: '/t/2' },
+      ],
+    }),
+    '/',
+  );
+
+  it('a path that passes the check never leaves its route: the upstream sees it under the base path, at the same origin', () => {
+    expect(table.ok).toBe(true);
+    if (!table.ok) return;
+    const segment = fc.oneof(
+      fc.constantFrom('..', '.', '%2e%2e', '%2E.', '.%2e', '%2f..', '%5c..', '\\..', '', 'api', 'deeper', 'v1', '%252e%252e', '..;', '%c0%ae%c0%ae', '%00', '@evil.test', '//evil.test'),
+      fc.string({ maxLength: 4 }),
+    );
+    fc.assert(
+      fc.property(fc.array(segment, { maxLength: 6 }), fc.constantFrom('', '?q=1', '?a=/../x', '#frag'), (segments, query) => {
+        const path = `/${segments.join('/')}`;
+        if (requestPathProblem(path) !== undefined) return;
+        const route = matchRoute(table.routes, path);
+        expect(route).toBeDefined();
+        const target = upstreamTarget(route!, path, query);
+        const url = new URL(target, route!.upstream.origin);
+        expect(url.origin).toBe(route!.upstream.origin);
+        const base = route!.upstream.basePath;
+        expect(url.pathname === base || url.pathname.startsWith(`${base}/`), `${path} -> ${url.pathname}`).toBe(true);
+      }),
+      runs(300),
     );
   });
 });

@@ -3,7 +3,9 @@ import { describe, expect, it } from 'vitest';
 import { parseEgressEntry } from '../../../../config/field-rules.js';
 import { checkIncoming } from '../../../../machines/proposals.js';
 import { parseProposalBody, proposalBody, type ValidProposal, validateProposal } from '../../../../sidecars/supervise/proposal.js';
+import { lineText } from '../../../../sidecars/supervise/server.js';
 import { runs } from '../../../support/property.js';
+import { CURRENT, request, startSupervise } from './harness.js';
 
 /**
  * Supervise proposals: the sidecar's check of the agent's request body
@@ -164,5 +166,44 @@ describe('supervise proposals on arbitrary input', () => {
       }),
       runs(50),
     );
+  });
+});
+
+describe('supervise server on loopback: arbitrary requests', () => {
+  it('a 201 exactly for a valid body, its one line accepted by the host as is; a 400 names every problem; never a 5xx', async () => {
+    const sv = await startSupervise({ current: CURRENT, limit: 1_000 });
+    const requestBody = fc.oneof(
+      body.map((b) => JSON.stringify(b)),
+      fc.jsonValue({ maxDepth: 3 }).map((v) => JSON.stringify(v)),
+      fc.tuple(body, fc.constantFrom('\r', '\u200e', '\u0000', '\u202e')).map(([b, ch]) => JSON.stringify({ ...b, reason: `${b.reason}${ch}` })),
+      fc.string({ maxLength: 40 }),
+    );
+    const statuses = new Set<number>();
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom('POST', 'PUT', 'GET'), fc.constantFrom('/proposals', '/proposals/', '/proposals?x=1', '/other'), requestBody, async (method, path, text) => {
+        const before = sv.lines.length;
+        const reply = await request(sv.port, path, { method, body: method === 'GET' ? undefined : text, headers: { 'content-type': 'application/json' } });
+        expect(reply.status).toBeLessThan(500);
+        statuses.add(reply.status);
+        const lines = sv.lines.slice(before);
+        const proposals = lines.filter((l) => l.type === 'proposal');
+        if (reply.status === 201) {
+          expect(validateProposal(JSON.parse(text)).ok).toBe(true);
+          expect(proposals).toHaveLength(1);
+          // As the host reads it: the line's text, parsed, checked again.
+          const read = JSON.parse(lineText(proposals[0]!)) as { proposal: unknown };
+          expect(checkIncoming(read.proposal)).toEqual(read.proposal);
+        } else {
+          expect(proposals).toHaveLength(0);
+        }
+        if (reply.status === 400) {
+          expect(reply.json?.error).toEqual(expect.any(String));
+          if (method === 'POST' && path.startsWith('/proposals')) expect(reply.json.issues.length).toBeGreaterThan(0);
+        }
+      }),
+      runs(150),
+    );
+    // The generator reaches every answer: queued, refused, wrong method, unknown path.
+    for (const status of [201, 400, 404, 405]) expect(statuses).toContain(status);
   });
 });
