@@ -103,9 +103,22 @@ export function ackCommand(dir: string, id: string): void {
 
 /** Moves a malformed file aside (kept for inspection, no longer reported); returns its new path. */
 export function quarantineCommand(dir: string, name: string): string {
-  const to = join(dir, `${name}${QUARANTINED}`);
+  // Never onto an entry quarantined earlier under the same name: rename would replace that
+  // file (it is kept too), or throw out of the owner's drain for a folder.
+  let to = join(dir, `${name}${QUARANTINED}`);
+  for (let i = 2; present(to); i++) to = join(dir, `${name}.${i}${QUARANTINED}`);
   renameSync(join(dir, name), to);
   return to;
+}
+
+function present(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return false;
+    throw err;
+  }
 }
 
 /**

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -128,6 +128,34 @@ describe('mailbox: arbitrary command files', () => {
         expect(again.commands).toEqual(first.commands);
         // Nothing was removed: every entry is still there, quarantined or not.
         expect(readdirSync(dir).length).toBe(entries.length);
+      }),
+      runs(150),
+    );
+  });
+
+  it('the same bad name arriving again after a quarantine: every quarantined entry is kept, nothing throws', () => {
+    const name = fc.constantFrom('000000000000001-a.json', '000000000000002-b.json', 'junk');
+    const round = fc.array(fc.tuple(name, fc.oneof(fc.string({ maxLength: 10 }), fc.constant(null))), { minLength: 1, maxLength: 3 });
+    fc.assert(
+      fc.property(fc.array(round, { minLength: 1, maxLength: 4 }), (rounds) => {
+        const dir = freshDir();
+        const quarantined: (string | null)[] = [];
+        for (const entries of rounds) {
+          for (const [n, content] of entries) {
+            if (existsSync(join(dir, n))) continue; // one entry per name at a time
+            // null: a folder (with something in it) where the file should be.
+            if (content === null) {
+              mkdirSync(join(dir, n));
+              writeFileSync(join(dir, n, 'inside'), 'x');
+            } else writeFileSync(join(dir, n), `not a command ${content}`);
+            quarantined.push(content);
+          }
+          for (const bad of pendingCommands(dir, MailboxCommandSchema).malformed) quarantineCommand(dir, bad.name);
+        }
+        const kept = readdirSync(dir).filter((f) => f.endsWith('.malformed'));
+        expect(kept.length).toBe(quarantined.length);
+        const files = kept.filter((f) => !statSync(join(dir, f)).isDirectory()).map((f) => readFileSync(join(dir, f), 'utf8'));
+        expect(files.sort()).toEqual(quarantined.filter((c) => c !== null).map((c) => `not a command ${c}`).sort());
       }),
       runs(150),
     );
