@@ -147,7 +147,9 @@ export function findLastLine(file: string, marker: string, accept: (line: string
       const buf = Buffer.concat([chunk, carry]);
       // Whole lines of buf start after a newline (or at 0 when start is 0).
       let lineEnd = buf.length;
-      for (let nl = buf.lastIndexOf(NEWLINE, lineEnd - 1); ; nl = buf.lastIndexOf(NEWLINE, lineEnd - 1)) {
+      // At lineEnd 0 nothing is left of buf (and lastIndexOf from -1 would search it all again).
+      const newlineBefore = (end: number) => (end === 0 ? -1 : buf.lastIndexOf(NEWLINE, end - 1));
+      for (let nl = newlineBefore(lineEnd); ; nl = newlineBefore(lineEnd)) {
         if (nl === -1 && start > 0) break;
         const lineStart = nl + 1;
         const text = buf.toString('utf8', lineStart, lineEnd);
