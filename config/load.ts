@@ -118,9 +118,10 @@ export function parseManifestYaml(text: string): ValidationResult {
   try {
     data = doc.toJS();
   } catch (err) {
-    // yaml signals alias problems this way, among them a document that expands too many
-    // aliases (a "billion laughs" manifest).
-    if (!(err instanceof ReferenceError)) throw err;
+    // yaml signals alias problems this way (ReferenceError), among them a document that
+    // expands too many aliases (a "billion laughs" manifest), and a merge key (`<<`, YAML 1.1)
+    // of anything but a map as a plain Error: all of them are about the document.
+    if (!(err instanceof Error)) throw err;
     return { ok: false, issues: [{ path: '(root)', message: `YAML cannot be read: ${oneLine(err.message)}` }] };
   }
   return validateManifest(data);

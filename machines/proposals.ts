@@ -15,10 +15,16 @@ const MAX_DOCKERFILE = 256 * 1024;
 // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are exactly what is rejected
 const UNSAFE_TEXT = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
 
-function hasUnsafeText(value: unknown): boolean {
+/** Deeper than any valid proposal (route.inject.format is at depth 4): refused, never recursed into without bound. */
+const MAX_DEPTH = 16;
+
+function hasUnsafeText(value: unknown, depth = 0): boolean {
   if (typeof value === 'string') return UNSAFE_TEXT.test(value);
-  if (Array.isArray(value)) return value.some(hasUnsafeText);
-  if (value && typeof value === 'object') return Object.entries(value).some(([k, v]) => UNSAFE_TEXT.test(k) || hasUnsafeText(v));
+  // A line nested thousands deep would overflow the stack, and a throw here would stop the
+  // host from reading every proposal printed after it.
+  if (depth > MAX_DEPTH) return true;
+  if (Array.isArray(value)) return value.some((v) => hasUnsafeText(v, depth + 1));
+  if (value && typeof value === 'object') return Object.entries(value).some(([k, v]) => UNSAFE_TEXT.test(k) || hasUnsafeText(v, depth + 1));
   return false;
 }
 

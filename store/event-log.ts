@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { LowSync } from 'lowdb';
-import { findLastLine, JsonlAppendAdapter, logCorrupt, type ReadProblem, readFirstRecord, readJsonl, readJsonlFrom, readLinePrefix, type TailStart } from './jsonl-adapter.js';
+import { findLastLine, JsonlAppendAdapter, logCorrupt, type ReadProblem, previousLineStart, readFirstRecord, readJsonl, readJsonlFrom, readLinePrefix, type TailStart } from './jsonl-adapter.js';
 import { type LogRecord, type NewRecord, RecordSchema } from './records.js';
 
 export interface EventLogOptions {
@@ -45,9 +45,14 @@ function lastSnapshotStart(file: string): { from: TailStart; first: LogRecord } 
   });
   if (offset === null || offset === 0) return null;
   const first = readFirstRecord(file, RecordSchema);
-  const seqText = /"seq":(\d+)/.exec(readLinePrefix(file, offset));
+  const seqOf = (at: number | null) => (at === null ? undefined : /"seq":(\d+)/.exec(readLinePrefix(file, at))?.[1]);
+  const seqText = seqOf(offset);
   if (!first || !seqText) return null;
-  return { from: { offset, records: Number(seqText[1]) - 1 }, first };
+  // The tail's seq stands for its line number. The line before it must be the record before
+  // it: otherwise (a duplicated snapshot line, say) the log is damaged, and the whole read
+  // that callers fall back to names where.
+  if (Number(seqOf(previousLineStart(file, offset))) !== Number(seqText) - 1) return null;
+  return { from: { offset, records: Number(seqText) - 1 }, first };
 }
 
 /**

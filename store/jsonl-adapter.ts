@@ -147,7 +147,9 @@ export function findLastLine(file: string, marker: string, accept: (line: string
       const buf = Buffer.concat([chunk, carry]);
       // Whole lines of buf start after a newline (or at 0 when start is 0).
       let lineEnd = buf.length;
-      for (let nl = buf.lastIndexOf(NEWLINE, lineEnd - 1); ; nl = buf.lastIndexOf(NEWLINE, lineEnd - 1)) {
+      // At lineEnd 0 nothing is left of buf (and lastIndexOf from -1 would search it all again).
+      const newlineBefore = (end: number) => (end === 0 ? -1 : buf.lastIndexOf(NEWLINE, end - 1));
+      for (let nl = newlineBefore(lineEnd); ; nl = newlineBefore(lineEnd)) {
         if (nl === -1 && start > 0) break;
         const lineStart = nl + 1;
         const text = buf.toString('utf8', lineStart, lineEnd);
@@ -275,6 +277,25 @@ export function readFirstRecord<T>(file: string, schema: z.ZodType<T>): T | null
   const parsed = parseChecked(schema, line);
   if (!parsed.ok) throw logCorrupt(file, 1, parsed.reason);
   return parsed.value;
+}
+
+/** Where the line before the one starting at `offset` starts (read backwards); null at the first line. */
+export function previousLineStart(file: string, offset: number): number | null {
+  if (offset <= 0) return null;
+  return withFile(file, (fd): number => {
+    const CHUNK = 64 * 1024;
+    // offset - 1 is the newline that ends the previous line.
+    let end = offset - 1;
+    while (end > 0) {
+      const start = Math.max(0, end - CHUNK);
+      const chunk = Buffer.alloc(end - start);
+      readSync(fd, chunk, 0, chunk.length, start);
+      const nl = chunk.lastIndexOf(NEWLINE);
+      if (nl !== -1) return start + nl + 1;
+      end = start;
+    }
+    return 0;
+  });
 }
 
 /** The first bytes of the line starting at `offset` (enough to read its seq). */

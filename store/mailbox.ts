@@ -1,4 +1,4 @@
-import { type FSWatcher, mkdirSync, readFileSync, renameSync, watch } from 'node:fs';
+import { type FSWatcher, lstatSync, mkdirSync, readFileSync, renameSync, watch } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { BottleError } from '../config/errors.js';
@@ -57,7 +57,11 @@ function entries(dir: string): string[] {
 }
 
 function parseCommand<C extends Envelope>(dir: string, name: string, id: string, schema: z.ZodType<C>): C | string {
-  const text = readFileSync(join(dir, name), 'utf8');
+  const path = join(dir, name);
+  // Only a regular file can be a command: reading a folder throws (out of the owner's drain,
+  // which runs from a timer), and reading a FIFO would block the owner.
+  if (!lstatSync(path).isFile()) return 'not a regular file';
+  const text = readFileSync(path, 'utf8');
   const envelope = parseChecked(MailboxCommandSchema, text);
   if (!envelope.ok) return envelope.reason;
   if (envelope.value.id !== id) return `its id ${JSON.stringify(envelope.value.id)} does not match the file name`;
@@ -99,9 +103,22 @@ export function ackCommand(dir: string, id: string): void {
 
 /** Moves a malformed file aside (kept for inspection, no longer reported); returns its new path. */
 export function quarantineCommand(dir: string, name: string): string {
-  const to = join(dir, `${name}${QUARANTINED}`);
+  // Never onto an entry quarantined earlier under the same name: rename would replace that
+  // file (it is kept too), or throw out of the owner's drain for a folder.
+  let to = join(dir, `${name}${QUARANTINED}`);
+  for (let i = 2; present(to); i++) to = join(dir, `${name}.${i}${QUARANTINED}`);
   renameSync(join(dir, name), to);
   return to;
+}
+
+function present(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return false;
+    throw err;
+  }
 }
 
 /**

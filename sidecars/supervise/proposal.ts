@@ -63,9 +63,11 @@ const MAX_ISSUES = 100;
  * ("Trojan Source"); tab and newline are fine.
  */
 function displayTextProblem(text: string): string | undefined {
+  // A carriage return too: it moves the cursor back over what the line showed (and the host
+  // refuses it, so a proposal with one would be queued here and never reach a human).
   // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are exactly what is rejected
-  if (/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]/.test(text)) return 'must not contain control characters (tab and newline are fine)';
-  if (/[\u202a-\u202e\u2066-\u2069]/.test(text)) return 'must not contain bidirectional control characters (they make text read differently than it is)';
+  if (/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/.test(text)) return 'must not contain control characters (tab and newline are fine)';
+  if (/[\u200e\u200f\u202a-\u202e\u2066-\u2069]/.test(text)) return 'must not contain bidirectional control characters (they make text read differently than it is)';
   return undefined;
 }
 

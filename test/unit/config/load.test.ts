@@ -108,6 +108,13 @@ describe('parseManifestYaml', () => {
     expect(!result.ok && result.issues[0]?.message).toMatch(/alias/i);
   });
 
+  it('refuses a YAML 1.1 merge key of anything but a map as an issue, not a crash', () => {
+    for (const text of ['%YAML 1.1\n---\n<<: 1\n', '%YAML 1.1\n---\nversion: 1\n<<: [a, b]\n']) {
+      const result = parseManifestYaml(text);
+      expect(!result.ok && result.issues[0]).toEqual({ path: '(root)', message: 'YAML cannot be read: Merge sources must be maps or map aliases' });
+    }
+  });
+
   it('validates the parsed document', () => {
     expect(parseManifestYaml(CONTRACT_EXAMPLE).ok).toBe(true);
     const empty = parseManifestYaml('');

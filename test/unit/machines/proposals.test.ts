@@ -29,4 +29,11 @@ describe('checkIncoming', () => {
     }
     expect(checkIncoming({ ...base, kind: 'allowlist', change: { hosts: ['a.test\u001b'] } })).toBeNull();
   });
+
+  it('refuses a value nested deeper than any proposal instead of overflowing the stack', () => {
+    let deep: unknown = 'x';
+    for (let i = 0; i < 20_000; i++) deep = i % 2 ? [deep] : { a: deep };
+    expect(checkIncoming({ ...base, kind: 'allowlist', change: { hosts: ['a.test'], extra: deep } })).toBeNull();
+    expect(checkIncoming(deep)).toBeNull();
+  });
 });

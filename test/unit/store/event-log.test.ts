@@ -159,3 +159,32 @@ describe('effect journal', () => {
     expect(effectKey('r1', 'createNetwork', 2)).toBe('r1:createNetwork:2');
   });
 });
+
+describe('reading the tail backwards', () => {
+  // findLastLine reads 256 KiB at a time from the end; a chunk that began with a newline made
+  // it search the same chunk again forever.
+  const CHUNK = 256 * 1024;
+
+  it('finds the last snapshot wherever a chunk boundary falls, a newline included', () => {
+    const file = join(tmp(), 'events.jsonl');
+    const head = [
+      { seq: 1, at: 1, ...started },
+      { seq: 2, at: 2, kind: 'snapshot', snapshot: {}, eventCount: 0 },
+    ];
+    const bare = JSON.stringify({ seq: 3, at: 3, kind: 'event', event: { type: 'x', pad: '' } }).length + 1;
+    // Tail lengths around CHUNK - 1: for one of them the boundary is the snapshot line's newline.
+    for (let tail = CHUNK - 4; tail <= CHUNK + 2; tail++) {
+      writeLines(file, [...head, { seq: 3, at: 3, kind: 'event', event: { type: 'x', pad: 'x'.repeat(tail - bare) } }]);
+      const log = EventLog.openTail(file, { clock: fixedClock() });
+      expect(log.records().map((r) => r.seq)).toEqual([2, 3]);
+      expect(EventLog.follow(file, { fromLastSnapshot: true }).next().map((r) => r.seq)).toEqual([2, 3]);
+    }
+  });
+
+  it('names a blank first line instead of searching forever', () => {
+    const file = join(tmp(), 'events.jsonl');
+    writeLines(file, [{ seq: 1, at: 1, ...started }]);
+    writeFileSync(file, `\n${readFileSync(file, 'utf8')}`);
+    expect(() => EventLog.openTail(file, { clock: fixedClock() })).toThrow(expect.objectContaining({ code: 'LOG_CORRUPT', message: expect.stringMatching(/:1: /) }));
+  });
+});
