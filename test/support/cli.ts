@@ -44,3 +44,14 @@ export function project(manifest: string): { dir: string; home: string } {
   writeFileSync(join(dir, 'bottle.yaml'), manifest);
   return { dir, home: join(dir, 'home') };
 }
+
+/**
+ * A project on the fake backend (BOTTLE_BACKEND=fake) and a `cli(...args)` that runs the built
+ * CLI in it as user alice, with `env` added to its environment.
+ */
+export function fakeProject(manifest: string, env: Record<string, string> = {}) {
+  const p = project(manifest);
+  const fullEnv = { BOTTLE_BACKEND: 'fake', BOTTLE_HOME: p.home, USER: 'alice', ...env };
+  const cli = (...args: string[]) => bottle(args, { cwd: p.dir, env: fullEnv });
+  return { p, env: fullEnv, cli };
+}

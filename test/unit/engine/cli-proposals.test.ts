@@ -4,7 +4,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { FakeRuntime } from '../../../effects/fakes/fake-runtime.js';
 import { DOCKERFILE_TEMPLATE } from '../../../machines/specs.js';
-import { bottle, ensureBuilt, project } from '../../support/cli.js';
+import { ensureBuilt, fakeProject } from '../../support/cli.js';
 
 /**
  * What a human sees and does with the CLI (the fake backend, a detached run): a Dockerfile
@@ -27,9 +27,7 @@ beforeAll(() => ensureBuilt());
 
 describe('deciding proposals with the CLI', () => {
   it('status and proposals show the diff; approve, deny and their errors; the audit names the change', async () => {
-    const p = project(MANIFEST);
-    const env = { BOTTLE_BACKEND: 'fake', BOTTLE_HOME: p.home, USER: 'alice' };
-    const cli = (...args: string[]) => bottle(args, { cwd: p.dir, env });
+    const { p, cli } = fakeProject(MANIFEST);
     const started = await cli('run', 'coder', '--detach', '--json');
     expect(started.code, started.stderr).toBe(0);
     try {

@@ -4,7 +4,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { FakeRuntime } from '../../../effects/fakes/fake-runtime.js';
 import { approvedTokenPath } from '../../../machines/proposals.js';
-import { bottle, ensureBuilt, project } from '../../support/cli.js';
+import { ensureBuilt, fakeProject } from '../../support/cli.js';
 
 /**
  * The secret a human names on `bottle approve --token-env/--token-file` passes the one token
@@ -34,12 +34,10 @@ beforeAll(() => ensureBuilt());
 
 describe('approving a route with a secret that breaks the token rule', () => {
   it('--token-env and --token-file of a bad token: SECRET_INVALID naming the ref, exit 2, nothing in the proxy; a good one is approved', async () => {
-    const p = project(MANIFEST);
+    const BAD = 'bad token with spaces 12345';
+    const { p, cli } = fakeProject(MANIFEST, { BAD_TOKEN: BAD, GOOD_TOKEN: 'good-token-0123456789' });
     writeFileSync(join(p.dir, 'api-token'), 'api-token-one-123456\n');
     writeFileSync(join(p.dir, 'bad-token'), 'bad\ttoken-in-a-file\n');
-    const BAD = 'bad token with spaces 12345';
-    const env = { BOTTLE_BACKEND: 'fake', BOTTLE_HOME: p.home, USER: 'alice', BAD_TOKEN: BAD, GOOD_TOKEN: 'good-token-0123456789' };
-    const cli = (...args: string[]) => bottle(args, { cwd: p.dir, env });
     const started = await cli('run', 'coder', '--detach', '--json');
     expect(started.code, started.stderr).toBe(0);
     const world = join(p.home, 'fake-world.json');

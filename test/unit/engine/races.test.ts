@@ -7,7 +7,7 @@ import { EventLog } from '../../../store/event-log.js';
 import { postCommand } from '../../../store/mailbox.js';
 import { commandsDir, eventsFile } from '../../../store/paths.js';
 import { listRuns } from '../../../store/state-doc.js';
-import { bottle, ensureBuilt, project } from '../../support/cli.js';
+import { ensureBuilt, fakeProject } from '../../support/cli.js';
 
 /**
  * Issue 13, item 4, the races (the fake backend, real CLI processes): two CLIs starting the
@@ -30,12 +30,7 @@ agents:
 
 beforeAll(() => ensureBuilt());
 
-function setup() {
-  const p = project(MANIFEST);
-  const env = { BOTTLE_BACKEND: 'fake', BOTTLE_HOME: p.home, USER: 'alice' };
-  const cli = (...args: string[]) => bottle(args, { cwd: p.dir, env });
-  return { p, cli };
-}
+const setup = () => fakeProject(MANIFEST);
 
 async function poll<T>(what: string, probe: () => Promise<T | undefined | null | false> | T | undefined | null | false): Promise<T> {
   for (let i = 0; i < 600; i++) {
