@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { BottleError } from '../../config/errors.js';
 import type {
@@ -95,11 +95,13 @@ export class FakeRuntime implements ContainerRuntime {
     const fail = this.opts.fail?.find((f) => f.op === op && (f.name === undefined || f.name === name) && (f.times === undefined || (this.failed.get(f) ?? 0) < f.times));
     if (fail) this.failed.set(fail, (this.failed.get(fail) ?? 0) + 1);
     if (fail) throw new BottleError((fail.code as 'DOCKER_ERROR') ?? 'DOCKER_ERROR', `fake failure injected into ${op} ${name}`);
-    const w = this.world();
-    const out = fn(w);
-    w.ops.push(`${op} ${name}`);
-    this.save(w);
-    return out;
+    return withWorldLock(this.file, () => {
+      const w = this.world();
+      const out = fn(w);
+      w.ops.push(`${op} ${name}`);
+      this.save(w);
+      return out;
+    });
   }
 
   private now() {
@@ -296,5 +298,38 @@ export class FakeRuntime implements ContainerRuntime {
     this.mutate('removeVolume', name, (w) => {
       delete w.volumes[name];
     });
+  }
+}
+
+/** A lock holder killed (the fault tests SIGKILL owners) leaves its lock: past this age it is stale. */
+const STALE_LOCK_MS = 2000;
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * The world file is changed by several processes at once (the run's owner, the CLI, the test):
+ * each change is a read, an edit and a rename, so without this two of them could each write
+ * their own edit over the other's. A lock directory (mkdir is atomic) makes changes one at a time.
+ */
+function withWorldLock<T>(file: string, fn: () => T): T {
+  const lock = `${file}.lock`;
+  for (;;) {
+    try {
+      mkdirSync(lock);
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      try {
+        if (Date.now() - statSync(lock).mtimeMs > STALE_LOCK_MS) rmdirSync(lock);
+      } catch (gone) {
+        // Released (or taken over) meanwhile: try again.
+        if ((gone as NodeJS.ErrnoException).code !== 'ENOENT') throw gone;
+      }
+      Atomics.wait(pause, 0, 0, 1);
+    }
+  }
+  try {
+    return fn();
+  } finally {
+    rmdirSync(lock);
   }
 }
