@@ -225,7 +225,7 @@ const TECHNIQUES: Technique[] = [
 ];
 
 /** Sends each technique's bytes on its own connection to the proxy; prints RESULT key=base64(answer). */
-const RAW_JS = String.raw`const net = require('net');
+const RAW_JS = `const net = require('net');
 const fs = require('fs');
 const list = JSON.parse(fs.readFileSync('/tmp/techniques.json', 'utf8'));
 const [deniedIp, allowedIp] = process.argv.slice(2);
@@ -305,7 +305,7 @@ result dns_tunnel_allowed "$(env -u HTTP_PROXY -u HTTPS_PROXY getent hosts c2Vjc
 `;
 
 /** Forking without bound, last (the pids limit must hold it; then everything is killed again). */
-const FORK_SH = String.raw`cat > /tmp/fork.js <<'BOTTLE_SEC_EOF'
+const FORK_SH = `cat > /tmp/fork.js <<'BOTTLE_SEC_EOF'
 const { spawn } = require('child_process');
 const kids = [];
 let ok = 0;
