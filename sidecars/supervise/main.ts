@@ -51,7 +51,7 @@ const server = createSuperviseServer({
   ...(perMinute !== undefined ? { perMinute } : {}),
   emit: (line) => {
     if (line.type === 'proposal') process.stdout.write(lineText(line));
-    else budget.offer(lineText(line), `rejected:${line.status}`);
+    else budget.offer(lineText(line), `${line.type}:${line.status}`);
   },
   log: (message) => void process.stderr.write(`${message}\n`),
 });

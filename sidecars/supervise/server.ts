@@ -19,10 +19,18 @@ import { type CurrentState, type Decision, type Decisions, parseCurrent, parseDe
 import { LIMITS, type ProposalChange, type ProposalIssue, type ProposalKind, parseProposalBody } from './proposal.js';
 import { PROPOSAL_ID, ProposalStore, type StoredProposal } from './store.js';
 
+const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'CONNECT', 'TRACE']);
+
 /** A line for the host (one JSON document per line on stdout). */
 export type SuperviseLine =
   | { source: 'supervise'; type: 'proposal'; at: string; proposal: { id: string; kind: ProposalKind; reason: string; change: ProposalChange } }
-  | { source: 'supervise'; type: 'rejected'; at: string; status: number; error: string };
+  | { source: 'supervise'; type: 'rejected'; at: string; status: number; error: string }
+  /**
+   * A request for something supervise does not do (write or approve through another method or
+   * endpoint): kept in the audit, so the human sees that it was tried. `endpoint` is the route it
+   * matched (`/proposals/ID`), never the path the agent wrote; an unknown method is `other`.
+   */
+  | { source: 'supervise'; type: 'refused'; at: string; status: 404 | 405; method: string; endpoint: string };
 
 /** The line as written: single-line JSON (newlines inside values are escaped) and a newline. */
 export function lineText(line: SuperviseLine): string {
@@ -181,8 +189,11 @@ export function createSuperviseServer(opts: SuperviseServerOptions): SuperviseSe
       return;
     }
     const method = req.method ?? 'GET';
-    const only = (allowed: string[]) => {
+    const refused = (status: 404 | 405, endpoint: string) =>
+      opts.emit({ source: 'supervise', type: 'refused', at: now().toISOString(), status, method: KNOWN_METHODS.has(method) ? method : 'other', endpoint });
+    const only = (allowed: string[], endpoint = path) => {
       if (allowed.includes(method) || (method === 'HEAD' && allowed.includes('GET'))) return true;
+      refused(405, endpoint);
       send(res, 405, { error: `method ${method} not allowed on ${path} (allowed: ${allowed.join(', ')})` }, { allow: allowed.join(', ') });
       return false;
     };
@@ -208,13 +219,14 @@ export function createSuperviseServer(opts: SuperviseServerOptions): SuperviseSe
     }
     const one = /^\/proposals\/([^/]+)$/.exec(path);
     if (one) {
-      if (!only(['GET'])) return;
+      if (!only(['GET'], '/proposals/ID')) return;
       const id = one[1]!;
       const p = PROPOSAL_ID.test(id) ? store.get(id) : undefined;
       if (p === undefined) send(res, 404, { error: `no proposal with id ${JSON.stringify(id.slice(0, 40))}` });
       else send(res, 200, view(p));
       return;
     }
+    refused(404, 'unknown');
     send(res, 404, { error: `not found: ${path.slice(0, 200)} (endpoints: GET /healthz, GET /current, GET and POST /proposals, GET /proposals/ID)` });
   }
 

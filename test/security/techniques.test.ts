@@ -512,6 +512,23 @@ describe('one technique, one test: an adversarial agent against its egress proxy
     expect(rejected.every((e) => e.status === 400)).toBe(true);
   });
 
+  it('supervise: every write or approval tried through another method or endpoint is in the audit as `refused`', () => {
+    const refused = supervise.filter((e) => e.type === 'refused').map((e) => `${String(e.status)} ${String(e.method)} ${String(e.endpoint)}`);
+    expect(refused, JSON.stringify(refused)).toEqual(
+      expect.arrayContaining([
+        '405 PUT /proposals/ID',
+        '405 PATCH /proposals/ID',
+        '405 POST /proposals/ID',
+        '405 DELETE /proposals/ID',
+        '405 PUT /current',
+        '404 POST unknown',
+        '404 PUT unknown',
+      ]),
+    );
+    // /proposals/ID/approve, /approve, /decisions (POST) and /decisions.json (PUT).
+    expect(refused.filter((x) => x.startsWith('404 ')).length).toBeGreaterThanOrEqual(4);
+  });
+
   it('teardown left nothing of the bottle', async () => {
     expect(await leftovers(identity)).toEqual([]);
   });

@@ -309,7 +309,17 @@ describe('everything else', () => {
     expect(head.status).toBe(200);
     expect(head.body).toBe('');
     expect((await request(s.port, '/proposals?status=pending')).status).toBe(200);
-    expect(s.lines).toEqual([]);
+    // Every refusal is in the audit (a write or approval tried another way is seen by the
+    // human), naming the route it matched, never the path the agent wrote; a lookup of an
+    // unknown id is only a read, and not audited.
+    const refused = (status: number, method: string, endpoint: string) => ({ source: 'supervise', type: 'refused', at: expect.any(String), status, method, endpoint });
+    expect(s.lines).toEqual([
+      ...Array.from({ length: 6 }, () => refused(404, 'GET', 'unknown')),
+      refused(405, 'POST', '/current'),
+      refused(405, 'PUT', '/proposals'),
+      refused(405, 'DELETE', '/proposals/ID'),
+      refused(405, 'POST', '/healthz'),
+    ]);
   });
 
   it('cuts off a client that is too slow with its headers or its body', async () => {
