@@ -52,11 +52,6 @@ export class LogFold {
     this.eventCount = from?.eventCount ?? 0;
   }
 
-  /** A log's fold from its head record. */
-  static start(records: readonly LogRecord[], file: string): LogFold {
-    return new LogFold(runStarted(records, file).input as BottleInput);
-  }
-
   /** Folds one record: an `event` moves the machine; every other kind leaves it as it is. */
   feed(rec: LogRecord): Snapshot {
     if (rec.kind === 'event') {
