@@ -64,18 +64,7 @@ describe('the egress canary learns tokens while the bottle runs', () => {
     const ctx = fakeContext();
     const token = join(ctx.home, 'api-token');
     writeFileSync(token, 'api-token-one-123456\n');
-    const result = validateManifest({
-      version: 1,
-      bottles: {
-        box: {
-          egress: { allow: ['allowed.test'] },
-          cred_proxy: { routes: [{ path: '/api', upstream: 'https://api.test', token: { file: token }, inject: { header: 'x-api-key', format: '{token}' } }] },
-        },
-      },
-      agents: { coder: { bottle: 'box', prompt: 'p', command: ['fake-agent', '--ms', 'forever'] } },
-    });
-    if (!result.ok) throw new Error(JSON.stringify(result.issues));
-    const input = testInput(ctx, result.manifest);
+    const input = testInput(ctx, routeManifest(token));
     const states: string[] = [];
     const host = await startFakeRun(ctx, input, { onState: (s) => states.push(s) });
     await until(() => states.includes('running'), 'running');

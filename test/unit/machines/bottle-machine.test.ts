@@ -3,7 +3,7 @@ import { initialTransition, transition } from 'xstate';
 import { validateManifest } from '../../../config/manifest.js';
 import { bottleMachine, stateName, type BottleContext, type BottleInput } from '../../../machines/bottle.machine.js';
 import { buildPlan, type BottlePlan } from '../../../machines/plan.js';
-import { doneEvent, machineInput } from '../../support/machine.js';
+import { doneEvent, machineInput, planInput } from '../../support/machine.js';
 
 /**
  * Scripted runs folded through the machine with xstate's pure transition(), the way
@@ -64,22 +64,7 @@ const upToLive: Recorded[] = [
   done('createAgent', { created: [agent] }),
 ];
 
-const expectedPlan = (): BottlePlan =>
-  buildPlan(
-    {
-      manifest,
-      manifestDir: '/proj',
-      homeDir: '/home/u',
-      home: '/home/u/.local/state/bot-bottle',
-      agent: 'coder',
-      cwd: null,
-      overrides: {},
-      images: input.images,
-      runId: 'run1',
-      tty: false,
-    },
-    world,
-  );
+const expectedPlan = (): BottlePlan => buildPlan(planInput(manifest, { images: input.images, tty: false }), world);
 
 describe('bottle machine: scripted runs', () => {
   it('a full run: preparing, two reviews (one applied, one failed to apply), a denial while applying, a stop, teardown, done', () => {

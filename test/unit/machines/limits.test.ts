@@ -2,8 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { type Manifest, validateManifest } from '../../../config/manifest.js';
 import { createBody } from '../../../effects/docker/runtime-spec.js';
 import { limitsLines, limitsSummary } from '../../../machines/limits.js';
-import { buildPlan, type PlanInput, planSummary } from '../../../machines/plan.js';
+import { buildPlan, planSummary } from '../../../machines/plan.js';
 import { agentSpec, netnsHolderSpec, sidecarSpec, WORKSPACE_KEEPER_PATH, workspaceVolumeSpec } from '../../../machines/specs.js';
+import { planInput } from '../../support/machine.js';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
@@ -23,17 +24,7 @@ function manifest(resources?: unknown): Manifest {
 }
 
 function plan(resources?: unknown, runtimes: string[] = ['runc']) {
-  const input: PlanInput = {
-    manifest: manifest(resources),
-    manifestDir: '/proj',
-    homeDir: '/home/u',
-    home: '/home/u/.local/state/bot-bottle',
-    agent: 'coder',
-    cwd: null,
-    overrides: {},
-    images: { agent: 'bot-bottle/agent:abc', sidecar: 'bot-bottle/sidecar:def' },
-    runId: 'run1',
-  };
+  const input = planInput(manifest(resources));
   return buildPlan(input, { existingContainers: [], runtimes, perBottleDockerfile: false });
 }
 
