@@ -5,7 +5,7 @@ import { isUnreachable, type PlanStepInput, type StepDeps, stagedPaths, waitForD
 import { watchProposals } from './review.js';
 import { type CanaryHashes, watchRotations } from './rotation.js';
 import { removeDefaultRoute } from './sidecars.js';
-import { guardedContainers, type SidecarDeath, sidecarDied, watchSidecars } from './watchdog.js';
+import { firstDead, guardedContainers, type SidecarDeath, sidecarDied, watchSidecars } from './watchdog.js';
 
 /**
  * Waits for the agent to exit. Meanwhile rotated secrets reach their sidecars, proposals
@@ -104,14 +104,4 @@ async function afterDaemonAbsence(deps: StepDeps, plan: BottlePlan, runId: strin
   }
   deps.progress('Docker is back and the bottle is whole; checking that the agent still has no default route');
   await removeDefaultRoute(deps, plan, runId, signal);
-}
-
-
-/** The first sidecar (or the holder) that is not running, or null. */
-async function firstDead(deps: StepDeps, plan: BottlePlan, signal: AbortSignal): Promise<SidecarDeath | null> {
-  for (const c of guardedContainers(plan)) {
-    const info = await deps.runtime.inspectContainer(c.name, signal);
-    if (info?.state !== 'running') return { ...c, state: info?.state ?? 'gone' };
-  }
-  return null;
 }

@@ -29,21 +29,18 @@ export function guardedContainers(plan: BottlePlan): { name: string; role: strin
  * the caller handles the daemon's absence (it waits for it, then looks again). Returns stop().
  */
 export function watchSidecars(deps: Pick<StepDeps, 'runtime' | 'progress'>, plan: BottlePlan, signal: AbortSignal, onDeath: (d: SidecarDeath) => void, everyMs = WATCH_EVERY_MS): () => void {
-  const guarded = guardedContainers(plan);
   let stopped = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let lastProblem = '';
   const look = async () => {
     if (stopped || signal.aborted) return;
     try {
-      for (const c of guarded) {
-        const info = await deps.runtime.inspectContainer(c.name, signal);
-        if (stopped || signal.aborted) return;
-        if (info?.state !== 'running') {
-          stopped = true;
-          onDeath({ ...c, state: info?.state ?? 'gone' });
-          return;
-        }
+      const dead = await firstDead(deps, plan, signal);
+      if (stopped || signal.aborted) return;
+      if (dead) {
+        stopped = true;
+        onDeath(dead);
+        return;
       }
       lastProblem = '';
     } catch (err) {
@@ -60,6 +57,15 @@ export function watchSidecars(deps: Pick<StepDeps, 'runtime' | 'progress'>, plan
     stopped = true;
     if (timer) clearTimeout(timer);
   };
+}
+
+/** The first sidecar (or the holder) that is not running, or null. */
+export async function firstDead(deps: Pick<StepDeps, 'runtime'>, plan: BottlePlan, signal: AbortSignal): Promise<SidecarDeath | null> {
+  for (const c of guardedContainers(plan)) {
+    const info = await deps.runtime.inspectContainer(c.name, signal);
+    if (info?.state !== 'running') return { ...c, state: info?.state ?? 'gone' };
+  }
+  return null;
 }
 
 export function sidecarDied(plan: BottlePlan, d: SidecarDeath): BottleError {
